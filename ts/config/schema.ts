@@ -1,0 +1,126 @@
+// The config schema: every key of every section with its type, default, allowed values or range,
+// and a doc string. The defaults reproduce the flagship job: QLoRA of Qwen2.5-3B on WikiText-2 raw,
+// NF4 with double quantization, bf16 compute, paged AdamW, LoRA r=16 on all seven linear modules.
+// The type annotation makes the compiler check that the schema covers exactly the keys of QloraConfig.
+
+import type { QloraConfig, SectionName } from "./types.js";
+import { bool, custom, int, intIn, isInt, nullable, num, oneOf, str, type FieldSpec } from "./fields.js";
+
+export const LORA_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] as const;
+
+export type ConfigSchema = {
+  readonly [S in SectionName]: { readonly [K in keyof QloraConfig[S]]-?: FieldSpec<QloraConfig[S][K]> };
+};
+
+const DEVICE_RE = /^(auto|cpu|cuda|cuda:(0|[1-9][0-9]{0,2}))$/;
+
+const targetModules = custom<QloraConfig["lora"]["target_modules"]>(
+  [...LORA_MODULES],
+  "Linear layers that get LoRA adapters: a list drawn from q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, or \"all-linear\".",
+  `a non-empty list of distinct names from ${LORA_MODULES.join(", ")}, or "all-linear"`,
+  (v) =>
+    v === "all-linear" ||
+    (Array.isArray(v) &&
+      v.length > 0 &&
+      new Set(v).size === v.length &&
+      v.every((m) => typeof m === "string" && (LORA_MODULES as readonly string[]).includes(m))),
+);
+
+export const SCHEMA: ConfigSchema = {
+  model: {
+    name_or_path: str("Qwen/Qwen2.5-3B", "A local model folder, or a hub id looked up in the Hugging Face cache (HF_HUB_CACHE, HF_HOME, ~/.cache/huggingface/hub)."),
+    revision: str("main", "Hub revision: a branch or tag name (resolved through refs/) or a 40-hex commit hash."),
+    tokenizer: nullable(str("", ""), null, "Folder holding tokenizer.json and tokenizer_config.json; null uses the model folder."),
+    quantization: oneOf(["nf4", "none"] as const, "nf4", "Base weight format: NF4 4-bit (QLoRA) or none (bf16 base weights)."),
+    double_quant: bool(true, "Quantize the NF4 absmax constants again to 8 bits (QLoRA double quantization)."),
+    quant_blocksize: intIn([32, 64, 128, 256, 512, 1024, 2048, 4096], 64, "Weights per NF4 absmax block."),
+    compute_dtype: oneOf(["bfloat16", "float32"] as const, "bfloat16", "Dtype NF4 weights are dequantized to for the matrix multiplications."),
+  },
+  data: {
+    dataset: str("wikitext-2-raw-v1", "Dataset name: a WikiText config (wikitext-2-raw-v1, wikitext-103-raw-v1, ...) or a hub dataset id Org/Name looked up in the HF cache when data.path is null."),
+    path: nullable(str("", ""), null, "A folder (wiki.*.raw, *.parquet, *.txt or *.jsonl split files) or a single file used as the train split; null looks in the HF cache."),
+    train_split: str("train", "Split used for training. Split names map across layouts: validation = valid = eval = dev."),
+    eval_split: nullable(str("", ""), "validation", "Split used for evaluation during training; null disables it."),
+    test_split: nullable(str("", ""), "test", "Split used for the final test evaluation; null disables it."),
+    text_field: str("text", "Field holding the text in .jsonl and parquet files."),
+    max_length: int(512, "Tokens per training sequence: rows are truncated to it (padding mode) or cut into blocks of it (packing). 512 holds every WikiText-2 validation paragraph whole (the longest has 503 Qwen tokens).", { min: 2, max: 131072 }),
+    packing: bool(false, "Join rows with EOS and cut into full max_length blocks (no padding) instead of one padded row per sequence."),
+    padding: oneOf(["max_length", "longest"] as const, "max_length", "Pad each batch to max_length (as the seed formulation does) or to its longest row (same loss, less compute)."),
+    shuffle: bool(true, "Shuffle the training examples each epoch (seeded by training.data_seed or training.seed)."),
+    max_train_samples: nullable(int(1, "", { min: 1 }), null, "Keep only the first N training examples (after tokenization); null keeps all."),
+    max_eval_samples: nullable(int(1, "", { min: 1 }), null, "Keep only the first N evaluation examples; null keeps all."),
+  },
+  lora: {
+    r: int(16, "LoRA rank.", { min: 1, max: 4096 }),
+    alpha: num(32, "LoRA alpha; the update is scaled by alpha/r (alpha/sqrt(r) with use_rslora).", { above: 0 }),
+    dropout: num(0.05, "Dropout on the input of the LoRA A matrix.", { min: 0, below: 1 }),
+    target_modules: targetModules,
+    use_rslora: bool(false, "Rank-stabilized LoRA: scale by alpha/sqrt(r) instead of alpha/r."),
+  },
+  training: {
+    num_train_epochs: num(3, "Epochs over the training split (ignored when max_steps > 0).", { above: 0 }),
+    max_steps: custom(-1, "Total optimizer steps; -1 derives them from num_train_epochs.", "-1 or an integer >= 1", (v) => isInt(v) && (v === -1 || v >= 1)),
+    per_device_train_batch_size: int(8, "Sequences per micro-batch on each device.", { min: 1 }),
+    per_device_eval_batch_size: int(8, "Sequences per evaluation batch on each device.", { min: 1 }),
+    gradient_accumulation_steps: int(1, "Micro-batches accumulated per optimizer step.", { min: 1 }),
+    learning_rate: num(2e-4, "Peak learning rate (2e-4 is the usual QLoRA value).", { above: 0, max: 1 }),
+    weight_decay: num(0, "AdamW decoupled weight decay.", { min: 0, max: 1 }),
+    adam_beta1: num(0.9, "AdamW beta1.", { min: 0, below: 1 }),
+    adam_beta2: num(0.999, "AdamW beta2.", { min: 0, below: 1 }),
+    adam_epsilon: num(1e-8, "AdamW epsilon.", { above: 0, max: 1 }),
+    max_grad_norm: num(1.0, "Clip the global gradient norm to this value; 0 disables clipping.", { min: 0 }),
+    lr_scheduler_type: oneOf(["linear", "cosine", "constant", "constant_with_warmup"] as const, "linear", "Learning-rate schedule after warmup."),
+    warmup_ratio: num(0.03, "Fraction of the total steps spent warming up linearly (used when warmup_steps is 0).", { min: 0, max: 1 }),
+    warmup_steps: int(0, "Warmup steps; overrides warmup_ratio when > 0.", { min: 0 }),
+    optim: oneOf(["paged_adamw_32bit", "adamw_torch"] as const, "paged_adamw_32bit", "Optimizer: AdamW with fp32 state, paged to host memory under pressure (paged_adamw_32bit) or kept on the device (adamw_torch)."),
+    bf16: bool(true, "bf16 mixed precision (requires model.compute_dtype bfloat16)."),
+    gradient_checkpointing: bool(true, "Recompute each layer's activations in the backward pass instead of storing them."),
+    logging_steps: int(10, "Log loss, learning rate and gradient norm every N optimizer steps.", { min: 1 }),
+    eval_strategy: oneOf(["no", "steps", "epoch"] as const, "steps", "When to evaluate on data.eval_split: every eval_steps, every epoch, or never."),
+    eval_steps: int(500, "Evaluate every N optimizer steps (eval_strategy steps).", { min: 1 }),
+    save_strategy: oneOf(["no", "steps", "epoch"] as const, "steps", "When to write checkpoint-N/ folders: every save_steps, every epoch, or never."),
+    save_steps: int(500, "Save a checkpoint every N optimizer steps (save_strategy steps).", { min: 1 }),
+    seed: int(42, "Seed for LoRA initialization, dropout and (unless data_seed is set) data order.", { min: 0, max: 4294967295 }),
+    data_seed: nullable(int(0, "", { min: 0, max: 4294967295 }), null, "Seed for the data order; null uses seed."),
+    resume_from_checkpoint: custom<string | boolean | null>(null, "Resume from a checkpoint folder, true for the latest checkpoint in output.dir, or null/false to start fresh.", "a checkpoint folder path, true, false or null", (v) => v === null || typeof v === "boolean" || (typeof v === "string" && v.trim() !== "")),
+  },
+  output: {
+    dir: str("outputs/qwen2.5-3b-wikitext2", "Output folder: adapter, trainer_state.json, curves, config.resolved.yaml, checkpoints."),
+    save_total_limit: nullable(int(1, "", { min: 1 }), 2, "Keep at most N checkpoint folders (oldest deleted first); null keeps all."),
+    plot: bool(true, "Write training_curves.html and training_curves.svg."),
+  },
+  advanced: {
+    device: custom("auto", "auto (a CUDA device when one is available, else cpu), cpu, cuda, or cuda:N.", '"auto", "cpu", "cuda" or "cuda:N" (N a device index)', (v) => typeof v === "string" && DEVICE_RE.test(v)),
+    num_devices: int(1, "Devices used for data-parallel training.", { min: 1, max: 64 }),
+    threads: int(0, "CPU threads for the CPU backend and tokenization; 0 uses all cores.", { min: 0, max: 1024 }),
+    cache_dir: nullable(str("", ""), null, "Folder for the tokenized-data cache; null uses $XDG_CACHE_HOME/qlora-native/tokens or ~/.cache/qlora-native/tokens."),
+    nonfinite_patience: int(5, "Stop after this many consecutive steps with a non-finite loss or gradient (such steps are skipped).", { min: 1 }),
+    loss_chunk_tokens: int(4096, "Tokens per chunk of the fused LM-head + cross-entropy (bounds logits memory).", { min: 256, max: 1048576 }),
+    log_level: oneOf(["error", "warn", "info", "debug"] as const, "info", "Console verbosity."),
+  },
+};
+
+export const SECTIONS = Object.keys(SCHEMA) as SectionName[];
+
+/** Documentation of the sections themselves, used as comments in generated YAML. */
+export const SECTION_DOCS: { readonly [S in SectionName]: string } = {
+  model: "Base model and its quantization.",
+  data: "Dataset location, splits and how rows become sequences.",
+  lora: "LoRA adapters.",
+  training: "Optimization (names follow Hugging Face TrainingArguments).",
+  output: "Where results go.",
+  advanced: "Devices, threads, caches and safety valves.",
+};
+
+/** A fresh, mutable copy of the default configuration. */
+export function defaultConfig(): QloraConfig {
+  const out: Record<string, Record<string, unknown>> = {};
+  for (const section of SECTIONS) {
+    const fields: Record<string, unknown> = {};
+    for (const [key, field] of Object.entries(SCHEMA[section]) as [string, FieldSpec][]) {
+      fields[key] = structuredClone(field.default);
+    }
+    out[section] = fields;
+  }
+  return out as unknown as QloraConfig;
+}

@@ -1,0 +1,89 @@
+// Putting the pieces together for a training loop: example sets built from a prepared dataset and
+// the config (max_length, packing, sample limits), a resumable shuffled loader of training
+// batches, and a plain in-order pass over evaluation batches.
+
+import type { QloraConfig, ResolvedConfig } from "../config/types.js";
+import { collate, ExampleSet, type Batch } from "./batches.js";
+import type { PreparedDataset } from "./prepare.js";
+import { BatchSampler, type SamplerState } from "./sampler.js";
+
+type Config = QloraConfig | ResolvedConfig;
+
+export interface ExampleSets {
+  train: ExampleSet;
+  eval: ExampleSet | null;
+  test: ExampleSet | null;
+}
+
+/** Example sets for every split, in the config's mode (padding or packing). */
+export function buildExampleSets(prepared: PreparedDataset, config: Config): ExampleSets {
+  const { max_length: maxLength, packing, max_train_samples, max_eval_samples } = config.data;
+  const eosId = prepared.tokenizer.eosId;
+  const build = (rows: PreparedDataset["train"] | null, limit: number | null) => (rows ? ExampleSet.build(rows, { maxLength, packing, eosId, limit }) : null);
+  return { train: build(prepared.train, max_train_samples)!, eval: build(prepared.eval, max_eval_samples), test: build(prepared.test, max_eval_samples) };
+}
+
+export interface LoaderOptions {
+  batchSize: number;
+  seed: number;
+  padId: number;
+  padding?: "max_length" | "longest";
+  shuffle?: boolean;
+  rank?: number;
+  worldSize?: number;
+}
+
+export interface LoadedBatch extends Batch {
+  epoch: number;
+  batchIndex: number;
+  indices: Uint32Array;
+}
+
+/** Endless, epoch-aware stream of training batches; state()/restore() for resuming. */
+export class TrainLoader {
+  private readonly sampler: BatchSampler;
+
+  constructor(
+    readonly examples: ExampleSet,
+    private readonly opts: LoaderOptions,
+  ) {
+    this.sampler = new BatchSampler({ size: examples.length, batchSize: opts.batchSize, seed: opts.seed, shuffle: opts.shuffle, rank: opts.rank, worldSize: opts.worldSize });
+  }
+
+  /** The loader a config asks for (per_device_train_batch_size, data_seed ?? seed, data.padding, data.shuffle). */
+  static fromConfig(examples: ExampleSet, config: Config, padId: number, shard: { rank?: number; worldSize?: number } = {}): TrainLoader {
+    return new TrainLoader(examples, {
+      batchSize: config.training.per_device_train_batch_size,
+      seed: config.training.data_seed ?? config.training.seed,
+      padId,
+      padding: config.data.padding,
+      shuffle: config.data.shuffle,
+      ...shard,
+    });
+  }
+
+  batchesPerEpoch(): number {
+    return this.sampler.batchesPerEpoch();
+  }
+
+  next(): LoadedBatch {
+    const s = this.sampler.next();
+    return { ...collate(this.examples, s.indices, { padId: this.opts.padId, padding: this.opts.padding }), epoch: s.epoch, batchIndex: s.batchIndex, indices: s.indices };
+  }
+
+  state(): SamplerState {
+    return this.sampler.state();
+  }
+
+  restore(state: SamplerState): void {
+    this.sampler.restore(state);
+  }
+}
+
+/** Evaluation batches in natural order (the last one may be smaller). */
+export function* evalBatches(examples: ExampleSet, batchSize: number, padId: number, padding: "max_length" | "longest" = "max_length"): Generator<Batch> {
+  for (let start = 0; start < examples.length; start += batchSize) {
+    const end = Math.min(examples.length, start + batchSize);
+    yield collate(examples, Uint32Array.from({ length: end - start }, (_, i) => start + i), { padId, padding });
+  }
+}
