@@ -1,0 +1,11 @@
+// Each op family's binding file registers its functions on the `ops` object of the addon.
+// Adding a family: write binding/ops_<family>.cpp with Register<Family>Ops and list it here and
+// in addon.cpp.
+#pragma once
+#include <napi.h>
+
+namespace qnb {
+
+void RegisterElementwiseOps(Napi::Env env, Napi::Object ops);
+
+}  // namespace qnb

@@ -1,0 +1,36 @@
+// JS class Session (native part): one device context (a CUDA stream on GPU) and the ordered work
+// queue its asynchronous calls run on. Tensors are created through a session and remember it.
+#pragma once
+#include <napi.h>
+#include <memory>
+#include "qn/context.h"
+#include "session_queue.h"
+
+namespace qnb {
+
+class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  explicit SessionWrap(const Napi::CallbackInfo& info);
+  ~SessionWrap() override;
+
+  // Throws E_DISPOSED after dispose().
+  const std::shared_ptr<qn::Context>& Context(Napi::Env env) const;
+  SessionQueue& Queue(Napi::Env env);
+  static SessionWrap* FromValue(Napi::Env env, const Napi::Value& v, const char* fn);
+
+ private:
+  Napi::Value Device(const Napi::CallbackInfo& info);
+  Napi::Value Disposed(const Napi::CallbackInfo& info);
+  Napi::Value FromHost(const Napi::CallbackInfo& info);
+  Napi::Value Empty(const Napi::CallbackInfo& info);
+  Napi::Value Memory(const Napi::CallbackInfo& info);
+  Napi::Value ResetPeak(const Napi::CallbackInfo& info);
+  Napi::Value Synchronize(const Napi::CallbackInfo& info);
+  Napi::Value Dispose(const Napi::CallbackInfo& info);
+
+  std::shared_ptr<qn::Context> ctx_;
+  std::unique_ptr<SessionQueue> queue_;
+};
+
+}  // namespace qnb

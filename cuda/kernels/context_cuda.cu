@@ -1,0 +1,155 @@
+// CUDA session: one non-blocking stream per session, stream-ordered allocations (cudaMallocAsync)
+// with per-device accounting, and the sticky-error bookkeeping behind check().
+#include <mutex>
+#include <set>
+#include <memory>
+#include <string>
+#include "cuda_common.cuh"
+#include "qn/memory_stats.h"
+
+namespace qn {
+namespace cuda {
+namespace {
+
+std::mutex g_poison_mu;
+std::string g_poison[64];
+
+bool is_sticky(cudaError_t e) {
+  switch (e) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorAssert:
+    case cudaErrorECCUncorrectable:
+    case cudaErrorLaunchTimeout:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+bool device_poisoned(int device, std::string* why) {
+  std::lock_guard<std::mutex> g(g_poison_mu);
+  const std::string& s = g_poison[device & 63];
+  if (s.empty()) return false;
+  if (why) *why = s;
+  return true;
+}
+
+void check(cudaError_t err, const char* what, int device) {
+  if (err == cudaSuccess) return;
+  const std::string msg = std::string(cudaGetErrorName(err)) + ": " + cudaGetErrorString(err) + " (in " + what + ")";
+  if (err == cudaErrorMemoryAllocation) {
+    cudaGetLastError();  // not sticky: clear it
+    fail(ErrorCode::Oom, "out of GPU memory on cuda:" + std::to_string(device) + ": " + msg);
+  }
+  if (is_sticky(err)) {
+    std::lock_guard<std::mutex> g(g_poison_mu);
+    if (g_poison[device & 63].empty()) g_poison[device & 63] = msg;
+    fail(ErrorCode::Cuda, "sticky CUDA error on cuda:" + std::to_string(device) + ": " + msg +
+                              "; this device can run no more work in this process: save what you can and restart it");
+  }
+  cudaGetLastError();
+  fail(ErrorCode::Cuda, "CUDA error on cuda:" + std::to_string(device) + ": " + msg);
+}
+
+void check_launch(const char* kernel, int device) { check(cudaGetLastError(), kernel, device); }
+
+class CudaContext final : public Context {
+ public:
+  explicit CudaContext(int index) : index_(index) {
+    check(cudaSetDevice(index_), "cudaSetDevice", index_);
+    check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate", index_);
+  }
+  ~CudaContext() override {
+    cudaSetDevice(index_);
+    cudaStreamSynchronize(stream_);
+    cudaStreamDestroy(stream_);
+  }
+  Device device() const override { return Device{DeviceType::CUDA, index_}; }
+  void* stream() const override { return stream_; }
+
+  void check_usable() const override {
+    std::string why;
+    if (device_poisoned(index_, &why))
+      fail(ErrorCode::Cuda, "cuda:" + std::to_string(index_) + " is unusable after an earlier sticky CUDA error (" + why +
+                                "); restart the process");
+  }
+
+  void* alloc(size_t bytes) override {
+    check_usable();
+    check(cudaSetDevice(index_), "cudaSetDevice", index_);
+    void* p = nullptr;
+    const cudaError_t e = cudaMallocAsync(&p, bytes ? bytes : 1, stream_);
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      fail(ErrorCode::Oom, "out of GPU memory on cuda:" + std::to_string(index_) + ": asked for " +
+                               std::to_string(bytes) + " bytes, " + std::to_string(free_b) + " of " +
+                               std::to_string(total_b) + " free");
+    }
+    check(e, "cudaMallocAsync", index_);
+    memory_on_alloc(device(), bytes);
+    return p;
+  }
+
+  void free(void* ptr, size_t bytes) noexcept override {
+    cudaSetDevice(index_);
+    cudaFreeAsync(ptr, stream_);
+    memory_on_free(device(), bytes);
+  }
+
+  void copy_from_host(void* dst, const void* src, size_t bytes) override {
+    check_usable();
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync H2D", index_);
+    // The source is pageable host memory owned by the caller: finish before returning.
+    check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize", index_);
+  }
+  void copy_to_host(void* dst, const void* src, size_t bytes) override {
+    check_usable();
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_), "cudaMemcpyAsync D2H", index_);
+    check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize", index_);
+  }
+  void copy(void* dst, const void* src, size_t bytes) override {
+    check_usable();
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_), "cudaMemcpyAsync D2D", index_);
+  }
+  void memset(void* dst, int value, size_t bytes) override {
+    check_usable();
+    check(cudaMemsetAsync(dst, value, bytes, stream_), "cudaMemsetAsync", index_);
+  }
+  void synchronize() override {
+    check_usable();
+    check(cudaSetDevice(index_), "cudaSetDevice", index_);
+    check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize", index_);
+  }
+
+ private:
+  int index_;
+  cudaStream_t stream_ = nullptr;
+};
+
+}  // namespace cuda
+
+std::shared_ptr<Context> open_cuda_context(int index) {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    fail(ErrorCode::NoDevice, "cannot open cuda:" + std::to_string(index) + ": no usable CUDA driver or GPU (" +
+                                  cudaGetErrorString(e) + ")");
+  }
+  if (index < 0 || index >= count)
+    fail(ErrorCode::NoDevice, "cannot open cuda:" + std::to_string(index) + ": this machine has " +
+                                  std::to_string(count) + " CUDA device(s)");
+  return std::make_shared<cuda::CudaContext>(index);
+}
+
+}  // namespace qn
