@@ -31,9 +31,17 @@ export function repoFolderName(type: RepoType, repoId: string): string {
 
 const COMMIT_RE = /^[0-9a-f]{40}$/;
 
-function isDir(p: string): boolean {
+export function isDir(p: string): boolean {
   try {
     return statSync(p).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+export function isFile(p: string): boolean {
+  try {
+    return statSync(p).isFile();
   } catch {
     return false;
   }

@@ -35,6 +35,13 @@ export class Xoshiro128 {
     if (this.s.every((w) => w === 0)) this.s[0] = 1;
   }
 
+  /** A generator with the given four state words (for checking against published test vectors). */
+  static fromState(words: readonly [number, number, number, number]): Xoshiro128 {
+    const g = new Xoshiro128(0, 0);
+    g.s.set(words);
+    return g;
+  }
+
   /** Next 32-bit unsigned output. */
   next(): number {
     const s = this.s;

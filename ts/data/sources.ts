@@ -7,9 +7,9 @@
 // (datasets--Salesforce--wikitext for WikiText configs, datasets--Org--Name for hub ids).
 // Split names map across layouts: validation = valid = val = eval = dev; train = training; test = testing.
 
-import { readdirSync, statSync } from "node:fs";
+import { readdirSync } from "node:fs";
 import { dirname, extname, join, resolve } from "node:path";
-import { expandHome, findSnapshot, hubCacheDir, repoFolderName } from "../config/hf-cache.js";
+import { expandHome, findSnapshot, hubCacheDir, isDir, isFile, repoFolderName } from "../config/hf-cache.js";
 import type { DataConfig } from "../config/types.js";
 import { QloraError } from "../errors.js";
 
@@ -47,22 +47,6 @@ function listDir(dir: string): string[] {
     return readdirSync(dir).sort();
   } catch {
     return [];
-  }
-}
-
-function isFile(p: string): boolean {
-  try {
-    return statSync(p).isFile();
-  } catch {
-    return false;
-  }
-}
-
-function isDir(p: string): boolean {
-  try {
-    return statSync(p).isDirectory();
-  } catch {
-    return false;
   }
 }
 

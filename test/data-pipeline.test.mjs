@@ -1,0 +1,192 @@
+// prepareDataset end to end (ts/data/prepare.ts): tokenization through the pool, the disk cache
+// (hit, invalidation, damage), empty splits, examples and batches from a config, and the
+// WikiText-2 reference count with throughput figures when ../shared/data is present.
+
+import assert from "node:assert/strict";
+import { appendFileSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { before, test } from "node:test";
+import { loadConfig } from "../dist/config/index.js";
+import { buildExampleSets, prepareDataset, TextTokenizer, TokenizePool, TrainLoader } from "../dist/data/index.js";
+import { makeModelDir, QWEN_TOKENIZER_DIR, ROOT, SHARED_SKIP, SHARED_WIKITEXT, tempDir, writeTree } from "./assets/data/helpers.mjs";
+import { rawText, textRows } from "./assets/data/mini-corpus.mjs";
+
+let tok; // reference tokenizer with the same files as the model folders below
+before(async () => {
+  tok = await TextTokenizer.load(QWEN_TOKENIZER_DIR);
+});
+
+/** A model folder, a raw WikiText folder of the mini corpus and a cache folder. */
+function setup(t) {
+  const root = tempDir(t);
+  const model = makeModelDir(join(root, "model"));
+  const data = writeTree(join(root, "data"), { "wiki.train.raw": rawText("train"), "wiki.valid.raw": rawText("validation"), "wiki.test.raw": rawText("test") });
+  return { root, model, data, cache: join(root, "cache") };
+}
+
+function config(s, extra = []) {
+  return loadConfig(undefined, { set: [`model.name_or_path=${s.model}`, `data.path=${s.data}`, `advanced.cache_dir=${s.cache}`, ...extra] });
+}
+
+function expectRows(set, rows) {
+  assert.equal(set.numRows, rows.length);
+  const ids = rows.map((r) => tok.encode(r));
+  assert.deepEqual(Array.from(set.ids), ids.flat());
+  assert.equal(set.offsets[0], 0);
+  ids.forEach((r, i) => assert.equal(set.offsets[i + 1] - set.offsets[i], r.length));
+}
+
+test("tokenizes all splits, then loads them from the cache", async (t) => {
+  const s = setup(t);
+  const c = await config(s);
+  const logs = [];
+  const a = await prepareDataset(c, { log: (l) => logs.push(l) });
+  assert.deepEqual([a.tokenizer.eosId, a.tokenizer.padId, a.tokenizer.vocabSize], [151643, 151643, 151669]);
+  assert.equal(a.tokenizer.dir, s.model);
+  expectRows(a.train, textRows("train"));
+  expectRows(a.eval, textRows("validation"));
+  expectRows(a.test, textRows("test"));
+  assert.deepEqual([a.train.fromCache, a.stats.cacheHits, a.stats.cacheMisses], [false, 0, 3]);
+  assert.match(logs[0], /^tokenized train, eval, test: /);
+  assert.equal(readdirSync(s.cache).filter((f) => f.endsWith(".tok")).length, 3);
+  assert.ok(readdirSync(s.cache).every((f) => !f.endsWith(".tmp")));
+
+  const b = await prepareDataset(c);
+  assert.deepEqual([b.train.fromCache, b.eval.fromCache, b.test.fromCache, b.stats.cacheHits, b.stats.tokenizeSeconds], [true, true, true, 3, 0]);
+  for (const role of ["train", "eval", "test"]) {
+    assert.deepEqual(b[role].ids, a[role].ids);
+    assert.deepEqual(b[role].offsets, a[role].offsets);
+    assert.equal(b[role].cacheKey, a[role].cacheKey);
+  }
+  assert.deepEqual(b.tokenizer, a.tokenizer);
+});
+
+test("cache invalidation: data bytes, tokenizer files, reader settings", async (t) => {
+  const s = setup(t);
+  const c = await config(s);
+  const a = await prepareDataset(c);
+  appendFileSync(join(s.data, "wiki.valid.raw"), " A new paragraph about terns . \n");
+  const b = await prepareDataset(c);
+  assert.deepEqual([b.train.fromCache, b.eval.fromCache, b.test.fromCache], [true, false, true]);
+  assert.notEqual(b.eval.cacheKey, a.eval.cacheKey);
+  expectRows(b.eval, [...textRows("validation"), " A new paragraph about terns . \n"]);
+
+  writeFileSync(join(s.model, "tokenizer_config.json"), JSON.stringify({ eos_token: "<|im_end|>", pad_token: "<|endoftext|>" }));
+  const d = await prepareDataset(c);
+  assert.deepEqual([d.train.fromCache, d.eval.fromCache, d.test.fromCache], [false, false, false]);
+  assert.deepEqual([d.tokenizer.eosId, d.tokenizer.padId], [151645, 151643]);
+  const e = await prepareDataset(c);
+  assert.deepEqual([e.tokenizer.eosId, e.tokenizer.padId], [151645, 151643], "special ids come back from the cache");
+
+  const j = writeTree(join(s.root, "jsonl"), {
+    "train.jsonl": '{"text": "alpha beta", "body": "gamma delta epsilon"}\n',
+    "validation.jsonl": '{"text": "v", "body": "w"}\n',
+    "test.jsonl": '{"text": "t", "body": "u"}\n',
+  });
+  const byText = await prepareDataset(await config({ ...s, data: j }));
+  const byBody = await prepareDataset(await config({ ...s, data: j }, ["data.text_field=body"]));
+  assert.equal(byBody.train.fromCache, false);
+  assert.notEqual(byBody.train.cacheKey, byText.train.cacheKey);
+  assert.deepEqual(Array.from(byBody.train.ids), tok.encode("gamma delta epsilon"));
+});
+
+test("a damaged cache file is ignored and rewritten; useCache false writes nothing", async (t) => {
+  const s = setup(t);
+  const c = await config(s, ["data.eval_split=null", "data.test_split=null", "training.eval_strategy=no"]);
+  const a = await prepareDataset(c);
+  const [file] = readdirSync(s.cache).filter((f) => f.endsWith(".tok"));
+  const bytes = readFileSync(join(s.cache, file));
+  bytes[bytes.length - 40] ^= 0xff;
+  writeFileSync(join(s.cache, file), bytes);
+  const b = await prepareDataset(c);
+  assert.equal(b.train.fromCache, false);
+  assert.deepEqual(b.train.ids, a.train.ids);
+  assert.equal((await prepareDataset(c)).train.fromCache, true);
+  assert.equal(a.eval, null);
+  assert.equal(a.test, null);
+
+  const other = join(s.root, "cache2");
+  await prepareDataset(c, { cacheDir: other, useCache: false });
+  assert.throws(() => readdirSync(other), { code: "ENOENT" });
+});
+
+test("parquet layout gives the same token ids as the raw files", async (t) => {
+  const s = setup(t);
+  const raw = await prepareDataset(await config(s));
+  const pq = await prepareDataset(await config({ ...s, data: join(ROOT, "test", "assets", "data", "wikitext-mini-parquet") }));
+  for (const role of ["train", "eval", "test"]) {
+    assert.equal(pq[role].source.format, "parquet");
+    assert.deepEqual(pq[role].ids, raw[role].ids, role);
+    assert.deepEqual(pq[role].offsets, raw[role].offsets, role);
+  }
+});
+
+test("an empty split is an error naming its file", async (t) => {
+  const s = setup(t);
+  writeFileSync(join(s.data, "wiki.test.raw"), " \n \n\n");
+  await assert.rejects(prepareDataset(await config(s)), {
+    code: "E_DATA",
+    message: `split "test" (data.test_split) has no rows with text: ${join(s.data, "wiki.test.raw")} (3 rows, all empty)`,
+  });
+});
+
+test("worker pool and calling thread give identical ids", async () => {
+  const rows = [...textRows("train"), ...textRows("validation"), ...textRows("test")];
+  const many = Array.from({ length: 40 }, (_, i) => rows.map((r) => `${r.trimEnd()} #${i}\n`)).flat();
+  const pool = await TokenizePool.open(QWEN_TOKENIZER_DIR, 2);
+  try {
+    assert.equal(pool.size, 2);
+    assert.deepEqual([pool.info.eosId, pool.info.padId], [tok.eosId, tok.padId]);
+    const got = await pool.encode(many);
+    assert.equal(got.offsets.length, many.length + 1);
+    assert.deepEqual(Array.from(got.ids), many.flatMap((r) => tok.encode(r)));
+    const empty = await pool.encode([]);
+    assert.deepEqual([empty.ids.length, Array.from(empty.offsets)], [0, [0]]);
+  } finally {
+    await pool.close();
+  }
+});
+
+test("examples and batches from a config (padding and packing)", async (t) => {
+  const s = setup(t);
+  const c = await config(s, ["data.max_length=16", "training.per_device_train_batch_size=3"]);
+  const prepared = await prepareDataset(c);
+  const sets = buildExampleSets(prepared, c);
+  assert.equal(sets.train.length, prepared.train.numRows);
+  const loader = TrainLoader.fromConfig(sets.train, c, prepared.tokenizer.padId);
+  const b = loader.next();
+  assert.deepEqual([b.batchSize, b.seqLen], [3, 16]);
+  for (let k = 0; k < b.inputIds.length; k++) assert.equal(b.labels[k], b.attentionMask[k] ? b.inputIds[k] : -100);
+  const again = TrainLoader.fromConfig(sets.train, c, prepared.tokenizer.padId).next();
+  assert.deepEqual(again.inputIds, b.inputIds, "same seed, same first batch");
+
+  const packed = await loadConfig(undefined, { base: c, set: ["data.packing=true", "data.max_train_samples=4"] });
+  const p = buildExampleSets(await prepareDataset(packed), packed);
+  assert.equal(p.train.length, 4);
+  const stream = [];
+  for (let r = 0; r < prepared.train.numRows; r++) {
+    if (r > 0) stream.push(prepared.tokenizer.eosId);
+    stream.push(...prepared.train.ids.subarray(prepared.train.offsets[r], prepared.train.offsets[r + 1]));
+  }
+  assert.deepEqual(Array.from(p.train.tokens(1)), stream.slice(16, 32));
+});
+
+test("WikiText-2 validation as train: 262,210 tokens; throughput and cached load", { skip: SHARED_SKIP }, async (t) => {
+  const root = tempDir(t);
+  const model = makeModelDir(join(root, "model"));
+  const c = await loadConfig(undefined, {
+    set: [`model.name_or_path=${model}`, `data.path=${SHARED_WIKITEXT}`, "data.train_split=validation", "data.eval_split=test", "data.test_split=null", `advanced.cache_dir=${join(root, "cache")}`],
+  });
+  const first = await prepareDataset(c);
+  assert.equal(first.train.source.files[0], join(SHARED_WIKITEXT, "wiki.valid.raw"));
+  assert.equal(first.train.numRows, 2461);
+  assert.equal(first.train.numTokens, 262210);
+  assert.equal(first.eval.numRows, 2891);
+  const mb = first.stats.bytesTokenized / 1e6;
+  t.diagnostic(`first pass: ${mb.toFixed(2)} MB in ${first.stats.tokenizeSeconds.toFixed(2)} s on ${first.stats.workers} thread(s) = ${(mb / first.stats.tokenizeSeconds).toFixed(2)} MB/s (tokenizer load included)`);
+  const cached = await prepareDataset(c);
+  assert.equal(cached.stats.cacheHits, 2);
+  assert.deepEqual(cached.train.ids, first.train.ids);
+  t.diagnostic(`cached load: ${(cached.stats.seconds * 1000).toFixed(0)} ms`);
+  assert.ok(cached.stats.seconds < 1, `cached load took ${cached.stats.seconds} s`);
+});
