@@ -143,8 +143,11 @@ std::shared_ptr<Context> open_cuda_context(int index) {
   const cudaError_t e = cudaGetDeviceCount(&count);
   if (e != cudaSuccess) {
     cudaGetLastError();
-    fail(ErrorCode::NoDevice, "cannot open cuda:" + std::to_string(index) + ": no usable CUDA driver or GPU (" +
-                                  cudaGetErrorString(e) + ")");
+    int driver = 0;
+    cudaDriverGetVersion(&driver);
+    fail(ErrorCode::NoDevice, "cannot open cuda:" + std::to_string(index) + ": " +
+                                  (driver == 0 ? std::string("no NVIDIA driver found")
+                                               : std::string("no usable GPU (") + cudaGetErrorString(e) + ")"));
   }
   if (index < 0 || index >= count)
     fail(ErrorCode::NoDevice, "cannot open cuda:" + std::to_string(index) + ": this machine has " +

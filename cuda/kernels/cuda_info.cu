@@ -18,7 +18,8 @@ CudaInfo cuda_info(bool probe_cublaslt) {
   const cudaError_t e = cudaGetDeviceCount(&count);
   if (e != cudaSuccess) {
     cudaGetLastError();
-    info.reason = std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
+    info.reason = info.driver_version == 0 ? std::string("no NVIDIA driver found (libcuda could not be loaded)")
+                                           : std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
     return info;
   }
   if (count == 0) {

@@ -1,0 +1,42 @@
+// The `qlora-native` command line: one yargs program, one file per command. Errors end the
+// process with a one-line reason and a non-zero exit code (set QN_DEBUG=1 for stack traces).
+import yargs from "yargs";
+import { hideBin } from "yargs/helpers";
+import { QloraError } from "../errors.js";
+import { version } from "../version.js";
+import { doctorCommand } from "./doctor.js";
+
+export function reportError(e: unknown): number {
+  if (process.env.QN_DEBUG) console.error(e);
+  if (e instanceof QloraError) {
+    process.stderr.write(`qlora-native: ${e.message} [${e.code}]\n`);
+    return 2;
+  }
+  const msg = e instanceof Error ? e.message : String(e);
+  process.stderr.write(`qlora-native: internal error: ${msg.split("\n")[0]} (QN_DEBUG=1 shows details)\n`);
+  return 70;
+}
+
+export async function main(argv: string[] = hideBin(process.argv)): Promise<void> {
+  const cli = yargs(argv)
+    .scriptName("qlora-native")
+    .version(version)
+    .command(doctorCommand)
+    .demandCommand(1, "name a command (see --help)")
+    .strict()
+    .recommendCommands()
+    .help()
+    .alias("h", "help")
+    .wrap(Math.min(110, process.stdout.columns || 100))
+    .fail((msg, err, y) => {
+      if (err) throw err;
+      process.stderr.write(`qlora-native: ${msg}\n`);
+      process.stderr.write(`Run "qlora-native --help" for usage.\n`);
+      process.exit(1);
+    });
+  try {
+    await cli.parseAsync();
+  } catch (e) {
+    process.exitCode = reportError(e);
+  }
+}
