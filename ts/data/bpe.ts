@@ -1,7 +1,8 @@
-// A compact BPE merge loop for the cache-miss path of tokenization: ranks in nested maps (no string
-// keys built per lookup), leftmost lowest-rank pair merged first, which is the order of the
-// Hugging Face implementations. It handles plain BPE models only (no dropout, no subword
-// prefixes/suffixes, no byte fallback); FastEncoder checks it against the library before use.
+// A compact BPE merge loop for the cache-miss path of tokenization: symbols are token ids, merge
+// ranks are looked up by a numeric pair key (no strings built per lookup), and the leftmost
+// lowest-rank pair is merged first, which is the order of the Hugging Face implementations. It
+// handles plain BPE models only (no dropout, no subword prefixes/suffixes, no byte fallback);
+// FastEncoder checks it against the library before use.
 
 export interface BpeModelJson {
   type?: string;
@@ -18,13 +19,21 @@ export interface BpeModelJson {
 export const MAX_FAST_WORD = 256;
 
 export class MergeTable {
-  private readonly ranks = new Map<string, Map<string, number>>();
+  /** Pair key (left id * stride + right id) -> merge index (= rank). */
+  private readonly rankOf = new Map<number, number>();
+  /** Merge index -> id of the merged token, -1 when the vocabulary lacks it. */
+  private readonly mergedId: Int32Array;
+  private readonly stride: number;
 
   constructor(
     merges: readonly (string | readonly [string, string])[],
     private readonly vocab: ReadonlyMap<string, number>,
     private readonly ignoreMerges: boolean,
   ) {
+    let maxId = 0;
+    for (const id of vocab.values()) maxId = Math.max(maxId, id);
+    this.stride = maxId + 1;
+    this.mergedId = new Int32Array(merges.length).fill(-1);
     merges.forEach((m, rank) => {
       let a: string, b: string;
       if (typeof m === "string") {
@@ -34,9 +43,13 @@ export class MergeTable {
       } else {
         [a, b] = m;
       }
-      let inner = this.ranks.get(a);
-      if (!inner) this.ranks.set(a, (inner = new Map()));
-      if (!inner.has(b)) inner.set(b, rank);
+      const ia = vocab.get(a);
+      const ib = vocab.get(b);
+      if (ia === undefined || ib === undefined) return; // such symbols never occur: words containing them fall back
+      const key = ia * this.stride + ib;
+      if (this.rankOf.has(key)) return;
+      this.rankOf.set(key, rank);
+      this.mergedId[rank] = vocab.get(a + b) ?? -1;
     });
   }
 
@@ -58,26 +71,28 @@ export class MergeTable {
       const whole = this.vocab.get(word);
       if (whole !== undefined) return [whole];
     }
-    const sym = Array.from(word);
+    const sym: number[] = [];
+    for (const ch of word) {
+      const id = this.vocab.get(ch);
+      if (id === undefined) return null;
+      sym.push(id);
+    }
+    const stride = this.stride;
     while (sym.length > 1) {
       let best = Infinity;
       let at = -1;
       for (let i = 0; i < sym.length - 1; i++) {
-        const r = this.ranks.get(sym[i])?.get(sym[i + 1]);
+        const r = this.rankOf.get(sym[i] * stride + sym[i + 1]);
         if (r !== undefined && r < best) {
           best = r;
           at = i;
         }
       }
       if (at < 0) break;
-      sym.splice(at, 2, sym[at] + sym[at + 1]);
+      const merged = this.mergedId[best];
+      if (merged < 0) return null;
+      sym.splice(at, 2, merged);
     }
-    const ids: number[] = new Array(sym.length);
-    for (let i = 0; i < sym.length; i++) {
-      const id = this.vocab.get(sym[i]);
-      if (id === undefined) return null;
-      ids[i] = id;
-    }
-    return ids;
+    return sym;
   }
 }

