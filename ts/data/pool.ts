@@ -16,8 +16,8 @@ export interface TokenizedRows {
 }
 
 const CHUNK_CHARS = 128 * 1024;
-/** Text per extra worker: a worker spends ~0.5 s loading the tokenizer, the time it takes to encode ~2 MB. */
-const CHARS_PER_WORKER = 2_000_000;
+/** Text per extra worker: a worker spends ~0.5 s loading the tokenizer, the time it takes to encode ~3 MB. */
+const CHARS_PER_WORKER = 3_000_000;
 
 /** Workers to use for `textBytes` of text; `threads` 0 means all cores. */
 export function workerCount(textBytes: number, threads: number): number {
