@@ -59,7 +59,7 @@ const BAD = [
   ["beta2 one", "training:\n  adam_beta2: 1\n", [], ["training.adam_beta2: expected a number in [0, 1), found 1"]],
   ["unknown scheduler", "training:\n  lr_scheduler_type: cosine_annealing\n", [], ['training.lr_scheduler_type: expected one of "linear", "cosine", "constant", "constant_with_warmup", found "cosine_annealing" (a string)']],
   ["scheduler misspelled", "training:\n  lr_scheduler_type: cosin\n", [], ['training.lr_scheduler_type: expected one of "linear", "cosine", "constant", "constant_with_warmup", found "cosin" (a string) (did you mean "cosine"?)']],
-  ["unknown optimizer", "training:\n  optim: sgd\n", [], ['training.optim: expected one of "paged_adamw_32bit", "adamw_torch", found "sgd" (a string)']],
+  ["unknown optimizer", "training:\n  optim: sgd\n", [], ['training.optim: expected one of "paged_adamw_32bit", "adamw_32bit", "paged_adamw_8bit", "adamw_torch", found "sgd" (a string)']],
   ["infinite eval steps", "training:\n  eval_steps: .inf\n", [], ["training.eval_steps: expected an integer >= 1, found Infinity (not a finite number)"]],
   ["negative seed", "training:\n  seed: -1\n", [], ["training.seed: expected an integer in [0, 4294967295], found -1"]],
   ["resume as number", "training:\n  resume_from_checkpoint: 5\n", [], ["training.resume_from_checkpoint: expected a checkpoint folder path, true, false or null, found 5"]],

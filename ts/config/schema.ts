@@ -72,7 +72,7 @@ export const SCHEMA: ConfigSchema = {
     lr_scheduler_type: oneOf(["linear", "cosine", "constant", "constant_with_warmup"] as const, "linear", "Learning-rate schedule after warmup."),
     warmup_ratio: num(0.03, "Fraction of the total steps spent warming up linearly (used when warmup_steps is 0).", { min: 0, max: 1 }),
     warmup_steps: int(0, "Warmup steps; overrides warmup_ratio when > 0.", { min: 0 }),
-    optim: oneOf(["paged_adamw_32bit", "adamw_torch"] as const, "paged_adamw_32bit", "Optimizer: AdamW with fp32 state, paged to host memory under pressure (paged_adamw_32bit) or kept on the device (adamw_torch)."),
+    optim: oneOf(["paged_adamw_32bit", "adamw_32bit", "paged_adamw_8bit", "adamw_torch"] as const, "paged_adamw_32bit", "Optimizer: AdamW (torch semantics) with fp32 state paged to host memory under pressure (paged_adamw_32bit), kept on the device (adamw_32bit; adamw_torch is an alias), or blockwise 8-bit paged state (paged_adamw_8bit)."),
     bf16: bool(true, "bf16 mixed precision (requires model.compute_dtype bfloat16)."),
     gradient_checkpointing: bool(true, "Recompute each layer's activations in the backward pass instead of storing them."),
     logging_steps: int(10, "Log loss, learning rate and gradient norm every N optimizer steps.", { min: 1 }),

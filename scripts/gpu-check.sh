@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The whole GPU check in one script (npm run test:gpu runs it; it needs cmake, nvcc and a GPU, but
+# no Node and no internet): builds the core with CUDA, runs the op suite on CUDA against the CPU
+# backend, then the kernel benchmarks. Prints a summary last. Output also goes to $OUT if set.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-build-gpu/out}
+mkdir -p "$out"
+log() { echo "gpu-check: $*" | tee -a "$out/summary.txt"; }
+t0=$(date +%s)
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$out/nvidia-smi.txt"
+bash scripts/cublaslt-headers.sh || true
+export QN_CUBLASLT_PATH=${QN_CUBLASLT_PATH:-$(python3 - <<'PY' 2>/dev/null
+import glob, os
+try:
+    import nvidia
+    for base in nvidia.__path__:
+        for p in glob.glob(os.path.join(base, "*", "lib", "libcublasLt.so*")):
+            print(p); break
+except Exception:
+    pass
+PY
+)}
+gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
+cmake -S . -B build-gpu "${gen[@]}" -DQN_BUILD_ADDON=OFF -DQN_CUDA=ON -DCMAKE_BUILD_TYPE=Release >"$out/cmake.txt" 2>&1 \
+  && cmake --build build-gpu -j "$(nproc)" >"$out/build.txt" 2>&1
+build_rc=$?
+log "build rc=$build_rc ($(( $(date +%s) - t0 ))s)"
+[ $build_rc -eq 0 ] || { tail -40 "$out/build.txt"; exit 1; }
+./build-gpu/qn_tests --device cuda 2>&1 | tee "$out/tests-cuda.txt"
+tests_rc=${PIPESTATUS[0]}
+log "op suite on CUDA: $(tail -1 "$out/tests-cuda.txt") (rc=$tests_rc)"
+if [ -x ./build-gpu/qn_bench ]; then
+  ./build-gpu/qn_bench --device cuda 2>&1 | tee "$out/bench-cuda.txt"
+  log "benchmarks: see bench-cuda.txt"
+fi
+if command -v node >/dev/null && [ -d node_modules ]; then
+  QN_TEST_DEVICE=cuda node --test --test-concurrency=1 test/ 2>&1 | tail -15 | tee "$out/tests-js.txt"
+fi
+log "total $(( $(date +%s) - t0 ))s"
+cat "$out/summary.txt"
+exit $tests_rc
