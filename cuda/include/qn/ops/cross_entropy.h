@@ -1,0 +1,44 @@
+// Fused cross-entropy over one chunk of LM-head logits, writing dlogits IN PLACE, so the model runs
+// the LM head chunk by chunk without a [tokens x vocab] f32 buffer for all tokens (DESIGN.md 4).
+// CPU: cuda/cpu/cross_entropy.cpp, CUDA: cuda/kernels/cross_entropy.cu,
+// tests: cuda/tests/test_cross_entropy.cpp. Reference: torch.nn.functional.cross_entropy
+// (reduction "sum", ignore_index), with the caller dividing by the token count.
+//
+// For each row r with label y = labels[r] (labels already shifted by the caller):
+//   m = max_j z_j;  lse = m + log(sum_j exp(z_j - m))        (f32, z = f32(logits[r, :]))
+//   loss_r = lse - z_y
+//   dlogits[r, j] = (exp(z_j - lse) - [j == y]) * grad_scale (rounded to the logits' dtype)
+// Ignored rows (y == ignore_index, or y outside [0, V), which is treated the same way): loss 0,
+// not counted, dlogits row = 0.
+// loss_sum += sum_r loss_r (summed in double in row order, added once; CUDA: a fixed-order tree in
+// double, so both are deterministic run to run); count += number of non-ignored rows.
+// compute_grad = false (evaluation): logits are left untouched.
+//
+// Shapes: logits [N, V] (or [..., V]; rows = product of leading dims); labels i32 [N] (any shape with
+// N elements); loss_sum f32 [1]; count i32 [1]; row_loss optional f32 [N].
+// DTypes: logits f32 or bf16.
+#pragma once
+#include <cstdint>
+#include "qn/op.h"
+
+namespace qn {
+
+struct CrossEntropyArgs {
+  Tensor logits;    // [N, V] f32 | bf16; overwritten with dlogits when compute_grad
+  Tensor labels;    // i32 [N]
+  Tensor loss_sum;  // f32 [1], accumulated (+=)
+  Tensor count;     // i32 [1], accumulated (+=)
+  Tensor row_loss;  // optional f32 [N]: per-row loss (0 for ignored rows), written
+  float grad_scale = 1.f;     // e.g. 1 / (non-ignored tokens in the whole batch)
+  int32_t ignore_index = -100;
+  bool compute_grad = true;
+};
+
+QN_DECLARE_OP(cross_entropy, CrossEntropyArgs)
+
+struct CrossEntropyDims {
+  int64_t n = 0, v = 0;
+};
+CrossEntropyDims check_cross_entropy(const CrossEntropyArgs& a);
+
+}  // namespace qn

@@ -1,0 +1,21 @@
+// Residual helpers: y = alpha * a + beta * b over f32 / bf16 tensors in any combination (the
+// elementwise axpby is f32 only). CPU: cuda/cpu/residual.cpp, CUDA: cuda/kernels/residual.cu,
+// tests: cuda/tests/test_residual.cpp.
+// Precision: fp32 math, one rounding to y's dtype (torch's bf16 a + b rounds once the same way).
+// Shapes: a, b, y have the same element count (flat). y may alias a or b (same dtype).
+#pragma once
+#include "qn/op.h"
+
+namespace qn {
+
+struct ResidualAddArgs {
+  Tensor a, b;  // f32 | bf16
+  Tensor y;     // f32 | bf16 (may alias a or b)
+  float alpha = 1.f, beta = 1.f;
+};
+
+QN_DECLARE_OP(residual_add, ResidualAddArgs)
+
+int64_t check_residual_add(const ResidualAddArgs& a);  // returns the element count
+
+}  // namespace qn
