@@ -1,0 +1,318 @@
+// The blocked GEMM driver (see gemm_driver.h).
+//
+// Loop nest, BLIS-style, for one chunk of at most ~1k rows of C:
+//   pack all of A for the chunk (every MR-row panel of every k block), in parallel
+//   parallel over tasks = (column block of nc columns) x (a share of the rows when N is narrow):
+//     for each k block (kc_max k's):  pack the task's B block (kc x nc, NR-column panels)
+//       for each mc-row block of A:  for each NR panel of B:  for each MR panel of A:  micro-kernel
+// A k block of A (mc x kc) and B (kc x nc) fit together in a 1 MB L2. With one k block, each tile
+// goes from the micro-kernel to the epilogue through a stack tile; with several, the task keeps an
+// fp32 accumulator for its rows x nc and runs the epilogue after the last block (so a bf16 C is
+// rounded once). When N is much narrower than NR and M is not, the problem is run transposed
+// (C^T = B^T A^T) so the narrow side fills MR instead of wasting most of an NR panel.
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+// GCC 12 flags its own _mm512_undefined_* helpers inside the intrinsics (GCC bug 105593).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#include "gemm_driver.h"
+#include "gemm_kernels.h"
+#include "qn/cpu_features.h"
+#include "qn/error.h"
+#include "qn/half.h"
+#include "qn/parallel.h"
+
+namespace qn {
+namespace cpu {
+namespace gemm_impl {
+namespace {
+
+constexpr int kMaxTile = 6 * 64;  // largest MR x NR of the kernels
+constexpr int64_t kRowChunk = 1024;
+
+std::atomic<int> g_isa_limit{3};  // 3 avx512bf16, 2 avx512, 1 avx2, 0 scalar
+
+int env_isa_limit() {
+  static const int v = [] {
+    const char* e = std::getenv("QN_GEMM_ISA");
+    if (!e) return 3;
+    const std::string s(e);
+    return s == "scalar" ? 0 : s == "avx2" ? 1 : s == "avx512" ? 2 : 3;
+  }();
+  return v;
+}
+
+const Kernel& pick_base(bool bf16) {
+  const CpuFeatures& f = cpu_features();
+  const int lim = std::min(env_isa_limit(), g_isa_limit.load());
+  if (bf16 && lim >= 3 && f.avx512f && f.avx512bw && f.avx512vl && f.avx512_bf16) return kKernelAvx512Bf16;
+  if (lim >= 2 && f.avx512f && f.avx512bw) return kKernelAvx512F32;
+  if (lim >= 1 && f.avx2 && f.fma) return kKernelAvx2F32;
+  return kKernelScalarF32;
+}
+
+int env_int(const char* name) {
+  const char* e = std::getenv(name);
+  return e ? std::atoi(e) : 0;
+}
+
+// The kernel with its blocking, which QN_GEMM_KC / QN_GEMM_MC / QN_GEMM_NC override (tuning).
+Kernel pick(bool bf16) {
+  Kernel k = pick_base(bf16);
+  static const int kc = env_int("QN_GEMM_KC"), mc = env_int("QN_GEMM_MC"), nc = env_int("QN_GEMM_NC");
+  if (kc > 0) k.kc_max = (kc + 1) / 2 * 2;
+  if (mc > 0) k.mc = std::max(1, mc / k.mr) * k.mr;
+  if (nc > 0) k.nc = std::max(1, nc / k.nr) * k.nr;
+  return k;
+}
+
+// A grow-only 64-byte-aligned scratch buffer, one per thread and role.
+struct Scratch {
+  void* p = nullptr;
+  size_t cap = 0;
+  ~Scratch() { std::free(p); }
+  void* get(size_t bytes) {
+    if (bytes > cap) {
+      std::free(p);
+      cap = (bytes + 4095) / 4096 * 4096;
+      p = std::aligned_alloc(64, cap);
+      if (!p) {
+        cap = 0;
+        fail(ErrorCode::Oom, "gemm: cannot allocate " + std::to_string(bytes) + " bytes of packing scratch");
+      }
+    }
+    return p;
+  }
+  void trim(size_t keep) {
+    if (cap > keep) {
+      std::free(p);
+      p = nullptr;
+      cap = 0;
+    }
+  }
+};
+thread_local Scratch t_pack_a, t_pack_b, t_acc;
+
+double fill_ratio(int64_t x, int r) { return static_cast<double>(x) / static_cast<double>((x + r - 1) / r * r); }
+
+void run_blocked(const Problem& p, const Kernel& K) {
+  const int kstep = K.fmt == Format::BF16Pair ? 2 : 1;
+  const int esize = K.fmt == Format::BF16Pair ? 2 : 4;
+  int64_t nkb = (p.k + K.kc_max - 1) / K.kc_max;
+  int kc_blk = static_cast<int>((p.k + nkb - 1) / nkb);
+  kc_blk = (kc_blk + kstep - 1) / kstep * kstep;
+  nkb = (p.k + kc_blk - 1) / kc_blk;
+  auto panel = [&](int R, int64_t b) {
+    Panel P;
+    P.R = R;
+    P.k0 = b * kc_blk;
+    P.kc = static_cast<int>(std::min<int64_t>(kc_blk, p.k - P.k0));
+    P.kc_pad = (P.kc + kstep - 1) / kstep * kstep;
+    P.fmt = K.fmt;
+    return P;
+  };
+  const size_t slot_a = static_cast<size_t>(K.mr) * kc_blk * esize;
+  const size_t slot_b = static_cast<size_t>(K.nr) * kc_blk * esize;
+  const int threads = num_threads();
+  const int64_t row_chunk = kRowChunk / K.mr * K.mr;
+
+  for (int64_t m0 = 0; m0 < p.m; m0 += row_chunk) {
+    const int64_t rows = std::min(row_chunk, p.m - m0);
+    const int64_t npm = (rows + K.mr - 1) / K.mr;
+    char* abuf = static_cast<char*>(t_pack_a.get(slot_a * npm * nkb));
+    parallel_for(npm * nkb, 16, [&](int64_t b0, int64_t b1) {
+      for (int64_t idx = b0; idx < b1; ++idx) {
+        const int64_t b = idx / npm, pi = idx % npm;
+        const int64_t i0 = m0 + pi * K.mr;
+        p.pack_a(i0, static_cast<int>(std::min<int64_t>(K.mr, p.m - i0)), panel(K.mr, b), abuf + idx * slot_a);
+      }
+    });
+
+    // Tasks: column blocks, and row shares when there are too few column blocks.
+    int64_t nc = K.nc;
+    int64_t ntn = (p.n + nc - 1) / nc;
+    if (ntn < 2 * threads && p.n > K.nr) {
+      nc = ((p.n + 2 * threads - 1) / (2 * threads) + K.nr - 1) / K.nr * K.nr;
+      ntn = (p.n + nc - 1) / nc;
+    }
+    int64_t msplit = 1;
+    if (ntn < 2 * threads) msplit = std::max<int64_t>(1, std::min<int64_t>(npm, (2 * threads + ntn - 1) / ntn));
+    const int64_t ntasks = ntn * msplit;
+    const int64_t mc_panels = std::max(1, K.mc / K.mr);
+
+    parallel_for(ntasks, 1, [&](int64_t t0, int64_t t1) {
+      alignas(64) float tile[kMaxTile];
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t tn = t / msplit, tm = t % msplit;
+        const int64_t j0 = tn * nc, cols = std::min(nc, p.n - j0);
+        const int64_t pm0 = npm * tm / msplit, pm1 = npm * (tm + 1) / msplit;
+        if (pm1 <= pm0) continue;
+        const int64_t npn = (cols + K.nr - 1) / K.nr;
+        char* bbuf = static_cast<char*>(t_pack_b.get(slot_b * npn));
+        const int64_t ldacc = npn * K.nr;
+        float* acc = nkb > 1 ? static_cast<float*>(t_acc.get(sizeof(float) * (pm1 - pm0) * K.mr * ldacc)) : nullptr;
+        for (int64_t b = 0; b < nkb; ++b) {
+          const Panel PB = panel(K.nr, b);
+          for (int64_t q = 0; q < npn; ++q) {
+            const int64_t jq = j0 + q * K.nr;
+            p.pack_b(jq, static_cast<int>(std::min<int64_t>(K.nr, p.n - jq)), PB, bbuf + q * slot_b);
+          }
+          const bool last = b == nkb - 1;
+          for (int64_t pi0 = pm0; pi0 < pm1; pi0 += mc_panels) {
+            const int64_t pi1 = std::min(pm1, pi0 + mc_panels);
+            for (int64_t q = 0; q < npn; ++q) {
+              const char* bp = bbuf + q * slot_b;
+              const int64_t jq = j0 + q * K.nr;
+              const int nr = static_cast<int>(std::min<int64_t>(K.nr, p.n - jq));
+              for (int64_t pi = pi0; pi < pi1; ++pi) {
+                const char* ap = abuf + (b * npm + pi) * slot_a;
+                const int64_t i0 = m0 + pi * K.mr;
+                const int mr = static_cast<int>(std::min<int64_t>(K.mr, p.m - i0));
+                if (nkb == 1) {
+                  K.fn(PB.kc_pad, ap, bp, tile, K.nr, false);
+                  p.epilogue(i0, jq, mr, nr, tile, K.nr);
+                } else {
+                  float* cp = acc + (pi - pm0) * K.mr * ldacc + q * K.nr;
+                  K.fn(PB.kc_pad, ap, bp, cp, ldacc, b > 0);
+                  if (last) p.epilogue(i0, jq, mr, nr, cp, ldacc);
+                }
+              }
+            }
+          }
+        }
+      }
+    });
+  }
+  t_pack_a.trim(size_t(64) << 20);
+}
+
+}  // namespace
+
+const char* kernel_name(bool bf16) { return pick(bf16).name; }
+
+void set_isa_limit(const char* name) {
+  const std::string s = name ? name : "";
+  g_isa_limit = s == "scalar" ? 0 : s == "avx2" ? 1 : s == "avx512" ? 2 : 3;
+}
+
+void run(const Problem& p) {
+  if (p.m <= 0 || p.n <= 0) return;
+  const Kernel K = pick(p.bf16);
+  if (p.k <= 0) {
+    const float zero[64] = {};
+    for (int64_t i = 0; i < p.m; ++i)
+      for (int64_t j = 0; j < p.n; j += 64) p.epilogue(i, j, 1, static_cast<int>(std::min<int64_t>(64, p.n - j)), zero, 64);
+    return;
+  }
+  const double direct = fill_ratio(p.m, K.mr) * fill_ratio(p.n, K.nr);
+  const double swapped = fill_ratio(p.n, K.mr) * fill_ratio(p.m, K.nr);
+  if (swapped > 1.25 * direct) {
+    Problem q;
+    q.m = p.n;
+    q.n = p.m;
+    q.k = p.k;
+    q.bf16 = p.bf16;
+    q.pack_a = p.pack_b;
+    q.pack_b = p.pack_a;
+    const EpilogueFn& e = p.epilogue;
+    q.epilogue = [&e](int64_t i0, int64_t j0, int mr, int nr, const float* tile, int64_t ld) {
+      float t[kMaxTile];
+      for (int ii = 0; ii < mr; ++ii)
+        for (int jj = 0; jj < nr; ++jj) t[jj * mr + ii] = tile[ii * ld + jj];
+      e(j0, i0, nr, mr, t, mr);
+    };
+    run_blocked(q, K);
+    return;
+  }
+  run_blocked(p, K);
+}
+
+// ---- epilogue helpers ---------------------------------------------------------------------------
+namespace {
+
+__attribute__((target("avx512f"))) void finish_row_f32_avx512(float* out, const float* acc, int n, float alpha,
+                                                              float beta, const float* bias) {
+  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+  for (int j = 0; j < n; j += 16) {
+    const __mmask16 m = n - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - j)) - 1);
+    __m512 v = _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m, acc + j));
+    if (beta != 0.f) v = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, out + j), v);
+    if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + j));
+    _mm512_mask_storeu_ps(out + j, m, v);
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void finish_row_bf16_avx512(uint16_t* out, const float* acc, int n, float alpha,
+                                                               float beta, const float* bias) {
+  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+  for (int j = 0; j < n; j += 16) {
+    const __mmask16 m = n - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - j)) - 1);
+    __m512 v = _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m, acc + j));
+    if (beta != 0.f) {
+      const __m256i h = _mm256_maskz_loadu_epi16(m, out + j);
+      v = _mm512_fmadd_ps(vb, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)), v);
+    }
+    if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + j));
+    // Round to nearest even, NaN kept quiet (same as qn::f32_to_bf16).
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+    _mm256_mask_storeu_epi16(out + j, m, _mm512_cvtepi32_epi16(r));
+  }
+}
+
+bool epilogue_avx512() {
+  static const bool v = cpu_features().avx512f && cpu_features().avx512bw && cpu_features().avx512vl;
+  return v;
+}
+
+inline float to_f(float v) { return v; }
+inline float to_f(uint16_t h) { return bf16_to_f32(h); }
+inline void from_f(float v, float* o) { *o = v; }
+inline void from_f(float v, uint16_t* o) { *o = f32_to_bf16(v); }
+
+template <typename T>
+void finish_row_scalar(T* out, const float* acc, int n, float alpha, float beta, const float* bias) {
+  for (int j = 0; j < n; ++j) {
+    float v = alpha * acc[j];
+    if (beta != 0.f) v += beta * to_f(out[j]);
+    if (bias) v += bias[j];
+    from_f(v, out + j);
+  }
+}
+
+}  // namespace
+
+void finish_row_f32(float* out, const float* acc, int n, float alpha, float beta, const float* bias) {
+  if (epilogue_avx512()) return finish_row_f32_avx512(out, acc, n, alpha, beta, bias);
+  finish_row_scalar(out, acc, n, alpha, beta, bias);
+}
+
+void finish_row_bf16(uint16_t* out, const float* acc, int n, float alpha, float beta, const float* bias) {
+  if (epilogue_avx512()) return finish_row_bf16_avx512(out, acc, n, alpha, beta, bias);
+  finish_row_scalar(out, acc, n, alpha, beta, bias);
+}
+
+EpilogueFn store_epilogue(void* c, DType dt, int64_t ldc, float alpha, float beta, const float* bias) {
+  if (dt == DType::F32) {
+    float* cf = static_cast<float*>(c);
+    return [=](int64_t i0, int64_t j0, int mr, int nr, const float* tile, int64_t ld) {
+      for (int ii = 0; ii < mr; ++ii)
+        finish_row_f32(cf + (i0 + ii) * ldc + j0, tile + ii * ld, nr, alpha, beta, bias ? bias + j0 : nullptr);
+    };
+  }
+  uint16_t* ch = static_cast<uint16_t*>(c);
+  return [=](int64_t i0, int64_t j0, int mr, int nr, const float* tile, int64_t ld) {
+    for (int ii = 0; ii < mr; ++ii)
+      finish_row_bf16(ch + (i0 + ii) * ldc + j0, tile + ii * ld, nr, alpha, beta, bias ? bias + j0 : nullptr);
+  };
+}
+
+}  // namespace gemm_impl
+}  // namespace cpu
+}  // namespace qn

@@ -1,0 +1,41 @@
+// Register-blocked GEMM micro-kernels, one per ISA (cuda/cpu/gemm_kernels_*.cpp). Each computes a
+// full MR x NR tile from one packed A panel and one packed B panel (formats in gemm_driver.h):
+//   c[i * ldc + j] (+)= sum_{k < kc_pad} A(i, k) B(k, j)
+// storing (accumulate == false) or adding to c (accumulate == true). c needs no alignment.
+#pragma once
+#include <cstdint>
+#include "gemm_driver.h"
+
+namespace qn {
+namespace cpu {
+namespace gemm_impl {
+
+using KernelFn = void (*)(int kc_pad, const void* a, const void* b, float* c, int64_t ldc, bool accumulate);
+
+struct Kernel {
+  const char* name;
+  int mr, nr;
+  Format fmt;
+  KernelFn fn;
+  int kc_max;  // k's per block (L2 blocking), a multiple of 2
+  int mc;      // rows of A per L2 block (multiple of mr)
+  int nc;      // columns of B per task (multiple of nr)
+};
+
+// Defined in gemm_kernels_avx512.cpp / _avx2.cpp / _scalar.cpp. Only call a kernel whose ISA
+// cpu_features() reports.
+extern const Kernel kKernelAvx512Bf16;  // 6 x 64, vdpbf16ps, BF16Pair panels
+extern const Kernel kKernelAvx512F32;   // 6 x 64, FMA, F32 panels
+extern const Kernel kKernelAvx2F32;     // 6 x 16, FMA, F32 panels
+extern const Kernel kKernelScalarF32;   // 4 x 16, plain C++, F32 panels
+
+// AVX-512 helpers for the packers (gemm_kernels_avx512.cpp): transposes a 16 x 16 block of 32-bit
+// values, src row r at (char*)src + r * lds, into dst row c at (char*)dst + c * ldd (strides in
+// bytes, any alignment).
+void transpose16x16_u32_avx512(const void* src, int64_t lds, void* dst, int64_t ldd);
+// Interleaves two bf16 rows: dst[2j] = r0[j], dst[2j + 1] = r1[j], j < 32.
+void interleave32_u16_avx512(const uint16_t* r0, const uint16_t* r1, uint16_t* dst);
+
+}  // namespace gemm_impl
+}  // namespace cpu
+}  // namespace qn

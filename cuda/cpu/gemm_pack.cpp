@@ -1,0 +1,127 @@
+// Packing of GEMM operands into micro-kernel panels (formats in gemm_driver.h). The hot cases get
+// AVX-512 paths: a k-contiguous source (x, or W for x W^T) is a transpose of 32-bit units (one
+// f32, or one pair of bf16 k's), done in 16 x 16 blocks; an r-contiguous bf16 source (W for dy W)
+// interleaves pairs of rows. Everything else (edges, conversions) is plain scalar code.
+#include <algorithm>
+#include <cstring>
+#include "gemm_driver.h"
+#include "gemm_kernels.h"
+#include "qn/cpu_features.h"
+#include "qn/half.h"
+
+namespace qn {
+namespace cpu {
+namespace gemm_impl {
+namespace {
+
+bool has_avx512() {
+  static const bool v = cpu_features().avx512f && cpu_features().avx512bw;
+  return v;
+}
+
+inline float load_f(const MatSrc& s, int64_t off) {
+  return s.dt == DType::F32 ? static_cast<const float*>(s.p)[off] : bf16_to_f32(static_cast<const uint16_t*>(s.p)[off]);
+}
+inline uint16_t load_h(const MatSrc& s, int64_t off) {
+  return s.dt == DType::BF16 ? static_cast<const uint16_t*>(s.p)[off] : f32_to_bf16(static_cast<const float*>(s.p)[off]);
+}
+inline int64_t offset(const MatSrc& s, int64_t r, int64_t k) { return s.k_contiguous ? r * s.ld + k : k * s.ld + r; }
+
+// Panel-relative k range [ka, kb) of rows [0, rows): scalar, any source and format.
+void pack_scalar(const MatSrc& s, int64_t r0, int rows, const Panel& P, int ka, int kb, int64_t k_shift, void* dst) {
+  const int64_t kbase = P.k0 - k_shift;
+  if (P.fmt == Format::F32) {
+    float* d = static_cast<float*>(dst);
+    if (s.k_contiguous) {
+      for (int i = 0; i < rows; ++i)
+        for (int kk = ka; kk < kb; ++kk) d[kk * P.R + i] = load_f(s, offset(s, r0 + i, kbase + kk));
+    } else {
+      for (int kk = ka; kk < kb; ++kk)
+        for (int i = 0; i < rows; ++i) d[kk * P.R + i] = load_f(s, offset(s, r0 + i, kbase + kk));
+    }
+  } else {
+    uint16_t* d = static_cast<uint16_t*>(dst);
+    if (s.k_contiguous) {
+      for (int i = 0; i < rows; ++i)
+        for (int kk = ka; kk < kb; ++kk) d[(kk >> 1) * 2 * P.R + 2 * i + (kk & 1)] = load_h(s, offset(s, r0 + i, kbase + kk));
+    } else {
+      for (int kk = ka; kk < kb; ++kk)
+        for (int i = 0; i < rows; ++i) d[(kk >> 1) * 2 * P.R + 2 * i + (kk & 1)] = load_h(s, offset(s, r0 + i, kbase + kk));
+    }
+  }
+}
+
+// 32-bit-unit transpose (f32 -> F32 panel, or bf16 pairs -> BF16Pair panel) of full 16-row groups
+// and 16-unit k blocks; returns the first panel-relative k not handled.
+int pack_transpose_avx512(const MatSrc& s, int64_t r0, int rows, const Panel& P, int ka, int kb, int64_t k_shift,
+                          void* dst) {
+  const int unit_k = P.fmt == Format::F32 ? 1 : 2;  // k's per 32-bit unit
+  const int esize = s.dt == DType::F32 ? 4 : 2;
+  const int nunits = (kb - ka) / unit_k;
+  const int nblk = nunits / 16;
+  if (nblk == 0) return ka;
+  const char* base = static_cast<const char*>(s.p);
+  for (int i0 = 0; i0 + 16 <= rows; i0 += 16) {
+    for (int b = 0; b < nblk; ++b) {
+      const int kk = ka + b * 16 * unit_k;
+      const char* src = base + (offset(s, r0 + i0, P.k0 - k_shift + kk)) * esize;
+      char* d = static_cast<char*>(dst) + (static_cast<int64_t>(kk / unit_k) * P.R + i0) * 4;
+      transpose16x16_u32_avx512(src, s.ld * esize, d, static_cast<int64_t>(P.R) * 4);
+    }
+  }
+  return ka + nblk * 16 * unit_k;
+}
+
+}  // namespace
+
+void zero_panel(const Panel& P, void* dst) { std::memset(dst, 0, P.bytes()); }
+
+void pack_part(const MatSrc& s, int64_t r0, int rows, const Panel& P, int64_t k_begin, int64_t k_end, int64_t k_shift,
+               void* dst) {
+  int ka = static_cast<int>(std::max<int64_t>(k_begin, P.k0) - P.k0);
+  const int kb = static_cast<int>(std::min<int64_t>(k_end, P.k0 + P.kc) - P.k0);
+  if (kb <= ka || rows <= 0) return;
+  const bool same_unit = (P.fmt == Format::F32 && s.dt == DType::F32) || (P.fmt == Format::BF16Pair && s.dt == DType::BF16);
+  if (same_unit && s.k_contiguous && has_avx512() && rows >= 16 && (P.fmt == Format::F32 || ka % 2 == 0)) {
+    const int done = pack_transpose_avx512(s, r0, rows, P, ka, kb, k_shift, dst);
+    const int full = rows / 16 * 16;
+    if (done > ka && full < rows)  // rows past the last full 16-group, for the transposed k's
+      pack_scalar(s, r0 + full, rows - full, P, ka, done, k_shift,
+                  P.fmt == Format::F32 ? static_cast<void*>(static_cast<float*>(dst) + full)
+                                       : static_cast<void*>(static_cast<uint16_t*>(dst) + 2 * full));
+    ka = done;
+  } else if (same_unit && !s.k_contiguous && P.fmt == Format::F32) {
+    const float* p = static_cast<const float*>(s.p);
+    float* d = static_cast<float*>(dst);
+    for (int kk = ka; kk < kb; ++kk) std::memcpy(d + kk * P.R, p + (P.k0 - k_shift + kk) * s.ld + r0, sizeof(float) * rows);
+    ka = kb;
+  } else if (same_unit && !s.k_contiguous && has_avx512() && ka % 2 == 0) {
+    // BF16Pair from a row-major [K, N] bf16 source: interleave rows k, k+1, 32 columns at a time.
+    const uint16_t* p = static_cast<const uint16_t*>(s.p);
+    uint16_t* d = static_cast<uint16_t*>(dst);
+    const int64_t kbase = P.k0 - k_shift;
+    const int full = rows / 32 * 32;
+    int kk = ka;
+    for (; kk + 2 <= kb; kk += 2) {
+      const uint16_t* ra = p + (kbase + kk) * s.ld + r0;
+      const uint16_t* rb = ra + s.ld;
+      uint16_t* dd = d + (kk >> 1) * 2 * P.R;
+      for (int i = 0; i < full; i += 32) interleave32_u16_avx512(ra + i, rb + i, dd + 2 * i);
+      for (int i = full; i < rows; ++i) {
+        dd[2 * i] = ra[i];
+        dd[2 * i + 1] = rb[i];
+      }
+    }
+    ka = kk;
+  }
+  if (ka < kb) pack_scalar(s, r0, rows, P, ka, kb, k_shift, dst);
+}
+
+void pack(const MatSrc& s, int64_t r0, int rows, const Panel& P, void* dst) {
+  if (rows < P.R || P.kc_pad > P.kc) zero_panel(P, dst);
+  pack_part(s, r0, rows, P, P.k0, P.k0 + P.kc, 0, dst);
+}
+
+}  // namespace gemm_impl
+}  // namespace cpu
+}  // namespace qn
