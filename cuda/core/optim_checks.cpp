@@ -64,6 +64,11 @@ void dynamic_map(bool is_signed, float out[256]) {
   for (int i = 0; i < 256; ++i) out[i] = i < static_cast<int>(data.size()) ? data[i] : 0.f;
 }
 
+void optim_midpoints(const float map[256], float out[256]) {
+  for (int k = 0; k < 255; ++k) out[k] = (map[k] + map[k + 1]) * 0.5f;
+  out[255] = INFINITY;
+}
+
 AdamWCoefs adamw_coefs(const AdamWArgs& a) {
   const double t = static_cast<double>(a.step);
   const double bc1 = 1.0 - std::pow(a.beta1, t);
@@ -120,7 +125,7 @@ void check_state(const AdamWArgs& a, int64_t n) {
     expect_dtype(s.absmax_v, DType::F32, "adamw_step", "state absmax_v");
     expect_dtype(s.qmap, DType::F32, "adamw_step", "state qmap");
     QN_CHECK(s.m.numel() == n && s.v.numel() == n && s.absmax_m.numel() == blocks && s.absmax_v.numel() == blocks &&
-                 s.qmap.numel() == 512,
+                 s.qmap.numel() == 1024,
              Shape, "adamw_step: 8-bit state tensors have the wrong sizes");
   }
 }
@@ -191,10 +196,12 @@ OptimState optim_state_create(const std::shared_ptr<Context>& ctx, int64_t n, Op
   s.absmax_m = zeros(DType::F32, {blocks});
   s.absmax_v = zeros(DType::F32, {blocks});
   // Codes 0 with absmax 0 decode to map[0] * 0 = 0 for both maps: a zero state, like bitsandbytes'.
-  float maps[512];
+  float maps[1024];
   dynamic_map(true, maps);
   dynamic_map(false, maps + 256);
-  s.qmap = Tensor::empty(alloc_ctx, DType::F32, {2, 256});
+  optim_midpoints(maps, maps + 512);
+  optim_midpoints(maps + 256, maps + 768);
+  s.qmap = Tensor::empty(alloc_ctx, DType::F32, {4, 256});
   alloc_ctx->copy_from_host(s.qmap.raw(), maps, sizeof(maps));
   return s;
 }

@@ -3,7 +3,9 @@
 // runs everywhere and the compiler vectorizes each for its target. Every result is independent of
 // the thread count: AdamW is elementwise, 8-bit AdamW works per 256-block, and the sum of squares
 // uses fixed chunks whose partial sums are added in chunk order.
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <vector>
 #include "qn/cpu_features.h"
@@ -31,38 +33,101 @@ QN_OPTIM_HD void adamw32_body(float* __restrict__ p, const float* __restrict__ g
   }
 }
 
-// Blocks [b, e) of 256 elements: dequantize, update, new absmax per state, requantize.
+// 8-bit encoding tables: the code of x is quantize_to_map(mid, x) (the number of midpoints below
+// x). lut[bits(x) >> 16] holds that count for the smallest value whose float has those top 16
+// bits; one more comparison finishes it (no such 16-bit bucket of [-1, 1] holds two midpoints of
+// either map: checked when the table is built). Two dependent loads instead of eight.
+struct Lut8 {
+  uint8_t s[65536], u[65536];
+  float smap[256], smid[256], umid[256];
+};
+
+const Lut8& lut8() {
+  static const Lut8* t = [] {
+    Lut8* l = new Lut8;
+    float umap[256];
+    dynamic_map(true, l->smap);
+    dynamic_map(false, umap);
+    optim_midpoints(l->smap, l->smid);
+    optim_midpoints(umap, l->umid);
+    for (uint32_t idx = 0; idx < 65536; ++idx) {
+      const uint32_t lo_bits = idx << 16, hi_bits = lo_bits | 0xffffu;
+      float lo, hi;
+      std::memcpy(&lo, &lo_bits, 4);
+      std::memcpy(&hi, &hi_bits, 4);
+      const float xmin = (idx & 0x8000u) ? hi : lo, xmax = (idx & 0x8000u) ? lo : hi;
+      const bool in_range = std::isfinite(xmin) && std::fabs(xmin) <= 1.f;
+      for (int map = 0; map < 2; ++map) {
+        const float* mid = map ? l->umid : l->smid;
+        const uint8_t c0 = in_range ? quantize_to_map(mid, xmin) : 0;
+        (map ? l->u : l->s)[idx] = c0;
+        QN_CHECK(!in_range || quantize_to_map(mid, xmax) - c0 <= 1, Internal, "8-bit code table: a bucket holds two midpoints");
+      }
+    }
+    return l;
+  }();
+  return *t;
+}
+
+QN_OPTIM_HD int lut_code(const uint8_t* lut, const float* mid, float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, 4);
+  const int c = lut[bits >> 16];
+  return c + static_cast<int>(mid[c] < x);
+}
+
+// Blocks [b, e) of 256 elements: dequantize, update, new absmax per state, requantize (the same
+// codes as quantize_m / quantize_v). Separate simple loops, so the update and the absmax
+// (integer max: the values are >= 0, so their bit patterns order like the floats) vectorize.
 QN_OPTIM_HD void adamw8_body(float* __restrict__ p, const float* __restrict__ g, uint8_t* __restrict__ cm,
                              uint8_t* __restrict__ cv, float* __restrict__ am, float* __restrict__ av,
-                             const float* __restrict__ smap, const float* __restrict__ umap, int64_t n, int64_t b,
-                             int64_t e, const AdamWCoefs c, const float coef) {
-  float ms[kOptim8BlockSize], vs[kOptim8BlockSize];
+                             const float* __restrict__ qmap, const Lut8& lut, int64_t n, int64_t b, int64_t e,
+                             const AdamWCoefs c, const float coef) {
+  const float* smap = qmap;
+  const float* umap = qmap + 256;
+  float ms[kOptim8BlockSize], vs[kOptim8BlockSize], xs[kOptim8BlockSize];
   for (int64_t blk = b; blk < e; ++blk) {
     const int64_t base = blk * kOptim8BlockSize;
     const int len = static_cast<int>(n - base < kOptim8BlockSize ? n - base : kOptim8BlockSize);
     const float old_am = am[blk], old_av = av[blk];
-    float* pb = p + base;
-    const float* gb = g + base;
+    float* __restrict__ pb = p + base;
+    const float* __restrict__ gb = g + base;
+    uint8_t* __restrict__ cmb = cm + base;
+    uint8_t* __restrict__ cvb = cv + base;
     for (int j = 0; j < len; ++j) {
-      ms[j] = smap[cm[base + j]] * old_am;
-      vs[j] = umap[cv[base + j]] * old_av;
+      ms[j] = smap[cmb[j]] * old_am;
+      vs[j] = umap[cvb[j]] * old_av;
     }
-    float new_am = 0.f, new_av = 0.f;
+    for (int j = 0; j < len; ++j) adamw_update(pb[j], gb[j] * coef, ms[j], vs[j], c);
+    uint32_t bm = 0, bv = 0;
     for (int j = 0; j < len; ++j) {
-      float pj = pb[j], mj = ms[j], vj = vs[j];
-      adamw_update(pj, gb[j] * coef, mj, vj, c);
-      pb[j] = pj;
-      ms[j] = mj;
-      vs[j] = vj;
-      const float a = mj < 0.f ? -mj : mj;
-      new_am = a > new_am ? a : new_am;
-      new_av = vj > new_av ? vj : new_av;
+      uint32_t um, uv;
+      std::memcpy(&um, &ms[j], 4);
+      std::memcpy(&uv, &vs[j], 4);
+      um &= 0x7fffffffu;
+      bm = um > bm ? um : bm;
+      bv = uv > bv ? uv : bv;
     }
+    float new_am, new_av;
+    std::memcpy(&new_am, &bm, 4);
+    std::memcpy(&new_av, &bv, 4);
     am[blk] = new_am;
     av[blk] = new_av;
-    for (int j = 0; j < len; ++j) {
-      cm[base + j] = quantize_m(smap, ms[j], new_am);
-      cv[base + j] = quantize_v(umap, vs[j], new_av);
+    // An all-zero block stores the codes of 0 (127 signed, 0 unsigned).
+    if (new_am > 0.f) {
+      for (int j = 0; j < len; ++j) xs[j] = optim_div(ms[j], new_am);
+      for (int j = 0; j < len; ++j) {
+        const int q = lut_code(lut.s, lut.smid, xs[j]);
+        cmb[j] = static_cast<uint8_t>(q + sign_fix(ms[j], lut.smap[q]));
+      }
+    } else {
+      std::memset(cmb, 127, static_cast<size_t>(len));
+    }
+    if (new_av > 0.f) {
+      for (int j = 0; j < len; ++j) xs[j] = optim_div(vs[j], new_av);
+      for (int j = 0; j < len; ++j) cvb[j] = static_cast<uint8_t>(lut_code(lut.u, lut.umid, xs[j]));
+    } else {
+      std::memset(cvb, 0, static_cast<size_t>(len));
     }
   }
 }
@@ -103,9 +168,9 @@ QN_OPTIM_HD int nonfinite16_body(const uint16_t* __restrict__ x, int64_t b, int6
     adamw32_body(p, g, m, v, b, e, c, coef);                                                                   \
   }                                                                                                            \
   target void adamw8_##suffix(float* p, const float* g, uint8_t* cm, uint8_t* cv, float* am, float* av,         \
-                              const float* smap, const float* umap, int64_t n, int64_t b, int64_t e,           \
+                              const float* qmap, const Lut8& lut, int64_t n, int64_t b, int64_t e,            \
                               AdamWCoefs c, float coef) {                                                      \
-    adamw8_body(p, g, cm, cv, am, av, smap, umap, n, b, e, c, coef);                                           \
+    adamw8_body(p, g, cm, cv, am, av, qmap, lut, n, b, e, c, coef);                                            \
   }                                                                                                            \
   target double sumsq_##suffix(const float* x, int64_t b, int64_t e) { return sumsq_body(x, b, e); }           \
   target int nonfinite32_##suffix(const uint32_t* x, int64_t b, int64_t e) { return nonfinite32_body(x, b, e); } \
@@ -164,10 +229,10 @@ void adamw_step(Context&, const AdamWArgs& a) {
   uint8_t* cv = s.v.data<uint8_t>();
   float* am = s.absmax_m.data<float>();
   float* av = s.absmax_v.data<float>();
-  const float* smap = s.qmap.data<float>();
-  const float* umap = smap + 256;
+  const float* qmap = s.qmap.data<float>();
+  const Lut8& lut = lut8();
   parallel_for(blocks, kBlocksPerTask, [&](int64_t b, int64_t e) {
-    QN_OPTIM_PICK(adamw8, p, g, cm, cv, am, av, smap, umap, n, b, e, c, coef);
+    QN_OPTIM_PICK(adamw8, p, g, cm, cv, am, av, qmap, lut, n, b, e, c, coef);
   });
 }
 

@@ -81,10 +81,12 @@ __global__ void __launch_bounds__(kThreads) adamw8_kernel(float* __restrict__ p,
                                                           float* __restrict__ av, const float* __restrict__ qmap,
                                                           long long n, AdamWCoefs c, float scale, const float* norm_sq,
                                                           float max_norm) {
-  __shared__ float smap[256], umap[256];
+  __shared__ float smap[256], umap[256], smid[256], umid[256];
   __shared__ float wmax_m[kThreads / 32], wmax_v[kThreads / 32];
   smap[threadIdx.x] = qmap[threadIdx.x];
   umap[threadIdx.x] = qmap[256 + threadIdx.x];
+  smid[threadIdx.x] = qmap[512 + threadIdx.x];
+  umid[threadIdx.x] = qmap[768 + threadIdx.x];
   __syncthreads();
   const float coef = clip_coef(scale, norm_sq, max_norm);
   const int q = threadIdx.x >> 6;            // block within the group
@@ -146,8 +148,8 @@ __global__ void __launch_bounds__(kThreads) adamw8_kernel(float* __restrict__ p,
     unsigned char qm[4], qv[4];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      qm[j] = quantize_m(smap, me[j], new_am);
-      qv[j] = quantize_v(umap, ve[j], new_av);
+      qm[j] = quantize_m(smap, smid, me[j], new_am);
+      qv[j] = quantize_v(umid, ve[j], new_av);
     }
     if (kVec && base + 4 <= n) {
       *reinterpret_cast<float4*>(p + base) = make_float4(pe[0], pe[1], pe[2], pe[3]);

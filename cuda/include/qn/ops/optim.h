@@ -23,7 +23,7 @@ namespace qn {
 
 enum class OptimKind : int32_t {
   AdamW32 = 0,  // m, v f32 [n]
-  AdamW8 = 1,   // m, v u8 codes [n]; absmax_m, absmax_v f32 [ceil(n/256)]; qmap f32 [2, 256]
+  AdamW8 = 1,   // m, v u8 codes [n]; absmax_m, absmax_v f32 [ceil(n/256)]; qmap f32 [4, 256]
 };
 constexpr int64_t kOptim8BlockSize = 256;
 const char* optim_kind_name(OptimKind k);                    // "adamw_32bit", "adamw_8bit"
@@ -40,7 +40,9 @@ struct OptimState {
   std::shared_ptr<Context> owner;
   Tensor m, v;
   Tensor absmax_m, absmax_v;  // AdamW8 only
-  Tensor qmap;                // AdamW8 only: row 0 the signed dynamic map (m), row 1 the unsigned one (v)
+  // AdamW8 only, f32 [4, 256]: rows 0, 1 the signed (m) and unsigned (v) dynamic maps, rows 2, 3
+  // their decision midpoints (optim_midpoints).
+  Tensor qmap;
 };
 
 // Allocates and zero-fills a state for n parameters on ctx's device. paged is honoured on CUDA
@@ -52,6 +54,8 @@ OptimState optim_state_create(const std::shared_ptr<Context>& ctx, int64_t n, Op
 // values, computed with torch's float32 linspace and arithmetic (the signed map equals the
 // `dynamic_map` fixture bit for bit).
 void dynamic_map(bool is_signed, float out[256]);
+// The 255 decision midpoints f32((map[k] + map[k+1]) * 0.5) of a sorted map, padded with +inf.
+void optim_midpoints(const float map[256], float out[256]);
 
 struct AdamWArgs {
   Tensor param;  // f32 [n] (any shape; treated as flat), updated in place
@@ -137,38 +141,40 @@ QN_OPTIM_HD void adamw_update(float& p, float g, float& m, float& v, const AdamW
   p = p + c.neg_step_size * optim_div(m, denom);
 }
 
-// The 8-bit code of x (already divided by the block absmax) on a sorted 256-entry map: the
-// bitsandbytes binary search (pivot 127, steps 64..1, then the nearer of the two neighbours by
-// the float32 midpoint).
-QN_OPTIM_HD uint8_t quantize_to_map(const float* map, float x) {
-  int pivot = 127, upper_pivot = 255, lower_pivot = 0;
-  for (int step = 64; step > 0; step >>= 1) {
-    if (x > map[pivot]) {
-      lower_pivot = pivot;
-      pivot += step;
-    } else {
-      upper_pivot = pivot;
-      pivot -= step;
-    }
-  }
-  if (x > map[pivot]) return static_cast<uint8_t>(x > (map[upper_pivot] + map[pivot]) * 0.5f ? upper_pivot : pivot);
-  return static_cast<uint8_t>(x < (map[lower_pivot] + map[pivot]) * 0.5f ? lower_pivot : pivot);
+// The 8-bit code of x (already divided by the block absmax): the nearest map entry, i.e. the
+// number of decision midpoints below x (a value exactly on a midpoint takes the lower code;
+// bitsandbytes' binary search agrees except, at most, on such exact midpoints). Branch-free
+// 8-step lower bound over `mid` (optim_midpoints), so the CPU loop vectorizes with gathers.
+QN_OPTIM_HD uint8_t quantize_to_map(const float* mid, float x) {
+  int c = 0;  // unrolled by hand: GCC then vectorizes the caller's loop (8 gathers)
+  c += mid[c + 127] < x ? 128 : 0;
+  c += mid[c + 63] < x ? 64 : 0;
+  c += mid[c + 31] < x ? 32 : 0;
+  c += mid[c + 15] < x ? 16 : 0;
+  c += mid[c + 7] < x ? 8 : 0;
+  c += mid[c + 3] < x ? 4 : 0;
+  c += mid[c + 1] < x ? 2 : 0;
+  c += mid[c] < x ? 1 : 0;
+  return static_cast<uint8_t>(c);
+}
+
+// One step toward m's sign when the code's value has the other sign (bitsandbytes keeps m's sign
+// through quantization): +1, -1 or 0, branch-free.
+QN_OPTIM_HD int sign_fix(float m, float q) {
+  return static_cast<int>((m > 0.f) & (q < 0.f)) - static_cast<int>((m < 0.f) & (q >= 0.f));
 }
 
 // Requantizes one updated state value against its block's new absmax. m (signed map): a code
 // whose value has the other sign is moved one step toward the right sign (bitsandbytes keeps m's
 // sign through quantization); an all-zero block stores the code of 0. v (unsigned map): nearest.
-QN_OPTIM_HD uint8_t quantize_m(const float* smap, float m, float absmax) {
+QN_OPTIM_HD uint8_t quantize_m(const float* smap, const float* smid, float m, float absmax) {
   if (!(absmax > 0.f)) return 127;  // smap[127] == 0
-  uint8_t c = quantize_to_map(smap, optim_div(m, absmax));
-  const float q = smap[c];
-  if (m > 0.f && q < 0.f) ++c;
-  else if (m < 0.f && q >= 0.f) --c;
-  return c;
+  const int c = quantize_to_map(smid, optim_div(m, absmax));
+  return static_cast<uint8_t>(c + sign_fix(m, smap[c]));
 }
-QN_OPTIM_HD uint8_t quantize_v(const float* umap, float v, float absmax) {
+QN_OPTIM_HD uint8_t quantize_v(const float* umid, float v, float absmax) {
   if (!(absmax > 0.f)) return 0;  // umap[0] == 0
-  return quantize_to_map(umap, optim_div(v, absmax));
+  return quantize_to_map(umid, optim_div(v, absmax));
 }
 
 #ifdef QN_WITH_CUDA
