@@ -1,0 +1,34 @@
+// Argument validation for cross_entropy (shared by CPU and CUDA).
+#include "qn/ops/cross_entropy.h"
+#include "qn/ops/residual.h"
+
+namespace qn {
+
+CrossEntropyDims check_cross_entropy(const CrossEntropyArgs& a) {
+  const char* op = "cross_entropy";
+  expect_f32_or_bf16(a.logits, op, "logits");
+  QN_CHECK(a.logits.ndim() >= 1 && a.logits.dim(-1) > 0, Shape,
+           std::string(op) + ": logits must be [N, V], got " + shape_str(a.logits.shape()));
+  CrossEntropyDims d{a.logits.numel() / a.logits.dim(-1), a.logits.dim(-1)};
+  expect_dtype(a.labels, DType::I32, op, "labels");
+  expect_same_context(a.logits, a.labels, op);
+  QN_CHECK(a.labels.numel() == d.n, Shape,
+           std::string(op) + ": labels " + shape_str(a.labels.shape()) + " must hold one label per logits row (" +
+               std::to_string(d.n) + ", logits " + shape_str(a.logits.shape()) + ")");
+  expect_dtype(a.loss_sum, DType::F32, op, "loss_sum");
+  expect_same_context(a.logits, a.loss_sum, op);
+  QN_CHECK(a.loss_sum.numel() == 1, Shape, std::string(op) + ": loss_sum must be [1], got " + shape_str(a.loss_sum.shape()));
+  expect_dtype(a.count, DType::I32, op, "count");
+  expect_same_context(a.logits, a.count, op);
+  QN_CHECK(a.count.numel() == 1, Shape, std::string(op) + ": count must be [1], got " + shape_str(a.count.shape()));
+  if (a.row_loss.defined()) {
+    expect_dtype(a.row_loss, DType::F32, op, "row_loss");
+    expect_same_context(a.logits, a.row_loss, op);
+    QN_CHECK(a.row_loss.numel() == d.n, Shape,
+             std::string(op) + ": row_loss " + shape_str(a.row_loss.shape()) + " must hold one value per row (" +
+                 std::to_string(d.n) + ")");
+  }
+  return d;
+}
+
+}  // namespace qn

@@ -1,0 +1,333 @@
+// CPU attention forward / backward (see qn/ops/attention.h), FlashAttention-2 structure:
+//   forward   tasks (b, q head, 64-query tile): loop over 64-key tiles up to the diagonal with an
+//             online softmax; S = Q K^T and O += P V as small f32 micro-GEMMs; saves lse.
+//   backward  delta = rowsum(dout * out); then tasks (b, kv head, key tile) accumulate dK, dV over
+//             the group's q heads and query tiles; tasks (b, q head, query tile) accumulate dQ.
+//             (Two passes recompute P instead of racing on dQ: deterministic, no atomics.)
+// No T x T matrix: per task only 64 x 64 score tiles. Tiles are converted to f32 (and K, V
+// transposed) on load. The micro-GEMMs are fixed-width loops compiled three times (AVX-512, AVX2,
+// baseline) and picked with cpu_features(). Masked scores are -inf; a row with no allowed key
+// gets out = 0, lse = -inf and contributes no gradient.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+#include "float_rows.h"
+#include "qn/ops/attention.h"
+#include "qn/parallel.h"
+
+namespace qn {
+namespace cpu {
+namespace {
+
+constexpr int kB = 64;  // query and key tile size
+
+struct Job {
+  const void *q, *k, *v, *mask;
+  DType mask_dt;
+  void* out;
+  float* lse;
+  const void* dout;
+  void *dq, *dk, *dv;
+  const float* delta;  // backward: [B, Hq, T]
+  int64_t b, t, hq, hkv, d;
+  float scale;
+  bool causal;
+  bool keep(int64_t bi, int64_t j) const {
+    if (!mask) return true;
+    return mask_dt == DType::I32 ? static_cast<const int32_t*>(mask)[bi * t + j] != 0
+                                 : static_cast<const uint8_t*>(mask)[bi * t + j] != 0;
+  }
+};
+
+// Per-thread tile buffers (f32). Rows are padded to kB with zeros.
+struct Bufs {
+  std::vector<float> qs, dout, o, kt, vt, kr, vr, s, dp, dk, dv, bias, m, l;
+  explicit Bufs(int64_t d)
+      : qs(kB * d), dout(kB * d), o(kB * d), kt(d * kB), vt(d * kB), kr(kB * d), vr(kB * d), s(kB * kB),
+        dp(kB * kB), dk(kB * d), dv(kB * d), bias(kB), m(kB), l(kB) {}
+};
+
+// dst[r][:] = mul * src[r * stride + :] for r < n, zero rows up to kB.
+template <typename T>
+QN_XF_INLINE void load_rows(float* dst, const T* src, int64_t stride, int64_t n, int64_t d, float mul) {
+  for (int64_t r = 0; r < kB; ++r)
+    for (int64_t c = 0; c < d; ++c) dst[r * d + c] = r < n ? mul * xf::to_f32(src[r * stride + c]) : 0.f;
+}
+// dst[c][r] = src[r * stride + c] (transposed to [d][kB]), zero columns r >= n.
+template <typename T>
+QN_XF_INLINE void load_cols(float* dst, const T* src, int64_t stride, int64_t n, int64_t d) {
+  for (int64_t r = 0; r < kB; ++r)
+    for (int64_t c = 0; c < d; ++c) dst[c * kB + r] = r < n ? xf::to_f32(src[r * stride + c]) : 0.f;
+}
+
+// S[i][0..kB) = sum_c A[i][c] * Bt[c][0..kB), i < kB (two rows at a time).
+QN_XF_INLINE void gemm_abt(float* s, const float* a, const float* bt, int64_t d) {
+  for (int64_t i = 0; i < kB; i += 2) {
+    float acc0[kB] = {0}, acc1[kB] = {0};
+    const float* a0 = a + i * d;
+    const float* a1 = a0 + d;
+    for (int64_t c = 0; c < d; ++c) {
+      const float x0 = a0[c], x1 = a1[c];
+      const float* br = bt + c * kB;
+      for (int j = 0; j < kB; ++j) {
+        acc0[j] += x0 * br[j];
+        acc1[j] += x1 * br[j];
+      }
+    }
+    for (int j = 0; j < kB; ++j) {
+      s[i * kB + j] = acc0[j];
+      s[(i + 1) * kB + j] = acc1[j];
+    }
+  }
+}
+
+// C[r][:] += sum_x A(r, x) * B[x][:] for r, x < kB, with A(r, x) = a[r * sr + x * sx] (so P V with
+// (kB, 1) and P^T dO with (1, kB)). Zero coefficients are skipped (masked keys, padded rows).
+QN_XF_INLINE void gemm_acc(float* c, const float* a, int64_t sr, int64_t sx, const float* b, int64_t d) {
+  for (int64_t r = 0; r < kB; ++r) {
+    float* cr = c + r * d;
+    for (int64_t x = 0; x < kB; ++x) {
+      const float w = a[r * sr + x * sx];
+      if (w == 0.f) continue;
+      const float* br = b + x * d;
+      for (int64_t e = 0; e < d; ++e) cr[e] += w * br[e];
+    }
+  }
+}
+
+// Additive key bias for a key tile: 0 for kept keys, -inf for padding and columns past the end.
+QN_XF_INLINE void key_bias(const Job& jb, int64_t bi, int64_t j0, int64_t nk, float* bias) {
+  for (int64_t c = 0; c < kB; ++c) bias[c] = c < nk && jb.keep(bi, j0 + c) ? 0.f : -INFINITY;
+}
+
+// Applies bias and the causal limit to the score tile in place (masked -> -inf).
+QN_XF_INLINE void mask_scores(const Job& jb, float* s, const float* bias, int64_t i0, int64_t j0) {
+  for (int64_t i = 0; i < kB; ++i) {
+    const int64_t lim = jb.causal ? i0 + i - j0 : kB;  // allowed columns c <= lim
+    for (int64_t c = 0; c < kB; ++c) s[i * kB + c] = c <= lim ? s[i * kB + c] + bias[c] : -INFINITY;
+  }
+}
+
+template <typename T>
+QN_XF_INLINE void forward_task(const Job& jb, Bufs& w, int64_t task) {
+  const int64_t nqt = (jb.t + kB - 1) / kB;
+  const int64_t qt = task % nqt, h = (task / nqt) % jb.hq, bi = task / (nqt * jb.hq);
+  const int64_t g = h / (jb.hq / jb.hkv), d = jb.d;
+  const int64_t i0 = qt * kB, nq = std::min<int64_t>(kB, jb.t - i0);
+  const T* q = static_cast<const T*>(jb.q) + ((bi * jb.t + i0) * jb.hq + h) * d;
+  load_rows(w.qs.data(), q, jb.hq * d, nq, d, jb.scale);
+  std::fill(w.o.begin(), w.o.end(), 0.f);
+  std::fill(w.m.begin(), w.m.end(), -INFINITY);
+  std::fill(w.l.begin(), w.l.end(), 0.f);
+  const int64_t jend = jb.causal ? i0 + nq : jb.t;
+  for (int64_t j0 = 0; j0 < jend; j0 += kB) {
+    const int64_t nk = std::min<int64_t>(kB, jend - j0);
+    const int64_t koff = ((bi * jb.t + j0) * jb.hkv + g) * d;
+    load_cols(w.kt.data(), static_cast<const T*>(jb.k) + koff, jb.hkv * d, nk, d);
+    load_rows(w.vr.data(), static_cast<const T*>(jb.v) + koff, jb.hkv * d, nk, d, 1.f);
+    key_bias(jb, bi, j0, nk, w.bias.data());
+    gemm_abt(w.s.data(), w.qs.data(), w.kt.data(), d);
+    mask_scores(jb, w.s.data(), w.bias.data(), i0, j0);
+    for (int64_t i = 0; i < kB; ++i) {
+      float* sr = w.s.data() + i * kB;
+      float mx = -INFINITY;
+      for (int c = 0; c < kB; ++c) mx = std::max(mx, sr[c]);
+      const float mnew = std::max(w.m[i], mx);
+      if (mnew == -INFINITY) {  // nothing allowed yet in this row: P row = 0
+        for (int c = 0; c < kB; ++c) sr[c] = 0.f;
+        continue;
+      }
+      const float alpha = xf::exp_approx(w.m[i] - mnew);
+      float sum = 0.f;
+      for (int c = 0; c < kB; ++c) {
+        sr[c] = xf::exp_approx(sr[c] - mnew);
+        sum += sr[c];
+      }
+      w.l[i] = w.l[i] * alpha + sum;
+      w.m[i] = mnew;
+      if (alpha != 1.f)
+        for (int64_t e = 0; e < d; ++e) w.o[i * d + e] *= alpha;
+    }
+    gemm_acc(w.o.data(), w.s.data(), kB, 1, w.vr.data(), d);
+  }
+  T* out = static_cast<T*>(jb.out) + ((bi * jb.t + i0) * jb.hq + h) * d;
+  for (int64_t i = 0; i < nq; ++i) {
+    const float inv = w.l[i] > 0.f ? 1.f / w.l[i] : 0.f;
+    for (int64_t e = 0; e < d; ++e) out[i * jb.hq * d + e] = xf::from_f32<T>(w.o[i * d + e] * inv);
+    if (jb.lse) jb.lse[(bi * jb.hq + h) * jb.t + i0 + i] = w.l[i] > 0.f ? w.m[i] + std::log(w.l[i]) : -INFINITY;
+  }
+}
+
+// Recomputes P (in w.s) and dS = P * (dP - delta) (in w.dp) for query tile i0 of head h against the
+// key tile whose Kt, Vt and bias are loaded; w.qs (scaled q) and w.dout hold the query rows.
+QN_XF_INLINE void scores_and_ds(const Job& jb, Bufs& w, int64_t bi, int64_t h, int64_t i0, int64_t nq, int64_t j0) {
+  const int64_t d = jb.d;
+  gemm_abt(w.s.data(), w.qs.data(), w.kt.data(), d);
+  mask_scores(jb, w.s.data(), w.bias.data(), i0, j0);
+  gemm_abt(w.dp.data(), w.dout.data(), w.vt.data(), d);
+  const float* lse = jb.lse + (bi * jb.hq + h) * jb.t + i0;
+  const float* delta = jb.delta + (bi * jb.hq + h) * jb.t + i0;
+  for (int64_t i = 0; i < kB; ++i) {
+    float* sr = w.s.data() + i * kB;
+    float* dr = w.dp.data() + i * kB;
+    const float li = i < nq ? lse[i] : -INFINITY;
+    if (li == -INFINITY) {
+      for (int c = 0; c < kB; ++c) sr[c] = dr[c] = 0.f;
+      continue;
+    }
+    const float di = delta[i];
+    for (int c = 0; c < kB; ++c) {
+      const float p = xf::exp_approx(sr[c] - li);
+      sr[c] = p;
+      dr[c] = p * (dr[c] - di);
+    }
+  }
+}
+
+// Loads key tile j0 of kv head g: Kt, Vt (transposed), K rows (for dQ) and the key bias.
+template <typename T>
+QN_XF_INLINE void load_key_tile(const Job& jb, Bufs& w, int64_t bi, int64_t g, int64_t j0, int64_t nk, bool rows) {
+  const int64_t d = jb.d, koff = ((bi * jb.t + j0) * jb.hkv + g) * d;
+  load_cols(w.kt.data(), static_cast<const T*>(jb.k) + koff, jb.hkv * d, nk, d);
+  load_cols(w.vt.data(), static_cast<const T*>(jb.v) + koff, jb.hkv * d, nk, d);
+  if (rows) load_rows(w.kr.data(), static_cast<const T*>(jb.k) + koff, jb.hkv * d, nk, d, 1.f);
+  key_bias(jb, bi, j0, nk, w.bias.data());
+}
+
+template <typename T>
+QN_XF_INLINE void load_query_tile(const Job& jb, Bufs& w, int64_t bi, int64_t h, int64_t i0, int64_t nq) {
+  const int64_t d = jb.d, qoff = ((bi * jb.t + i0) * jb.hq + h) * d;
+  load_rows(w.qs.data(), static_cast<const T*>(jb.q) + qoff, jb.hq * d, nq, d, jb.scale);
+  load_rows(w.dout.data(), static_cast<const T*>(jb.dout) + qoff, jb.hq * d, nq, d, 1.f);
+}
+
+template <typename T>
+QN_XF_INLINE void dkv_task(const Job& jb, Bufs& w, int64_t task) {
+  const int64_t nkt = (jb.t + kB - 1) / kB, d = jb.d, grp = jb.hq / jb.hkv;
+  const int64_t kt = task % nkt, g = (task / nkt) % jb.hkv, bi = task / (nkt * jb.hkv);
+  const int64_t j0 = kt * kB, nk = std::min<int64_t>(kB, jb.t - j0);
+  load_key_tile<T>(jb, w, bi, g, j0, nk, false);
+  std::fill(w.dk.begin(), w.dk.end(), 0.f);
+  std::fill(w.dv.begin(), w.dv.end(), 0.f);
+  for (int64_t h = g * grp; h < (g + 1) * grp; ++h) {
+    for (int64_t i0 = jb.causal ? j0 / kB * kB : 0; i0 < jb.t; i0 += kB) {
+      const int64_t nq = std::min<int64_t>(kB, jb.t - i0);
+      load_query_tile<T>(jb, w, bi, h, i0, nq);
+      scores_and_ds(jb, w, bi, h, i0, nq, j0);
+      gemm_acc(w.dv.data(), w.s.data(), 1, kB, w.dout.data(), d);  // dV += P^T dO
+      gemm_acc(w.dk.data(), w.dp.data(), 1, kB, w.qs.data(), d);   // dK += dS^T (scale q)
+    }
+  }
+  const int64_t off = ((bi * jb.t + j0) * jb.hkv + g) * d;
+  T* dk = static_cast<T*>(jb.dk) + off;
+  T* dv = static_cast<T*>(jb.dv) + off;
+  for (int64_t r = 0; r < nk; ++r)
+    for (int64_t e = 0; e < d; ++e) {
+      dk[r * jb.hkv * d + e] = xf::from_f32<T>(w.dk[r * d + e]);
+      dv[r * jb.hkv * d + e] = xf::from_f32<T>(w.dv[r * d + e]);
+    }
+}
+
+template <typename T>
+QN_XF_INLINE void dq_task(const Job& jb, Bufs& w, int64_t task) {
+  const int64_t nqt = (jb.t + kB - 1) / kB, d = jb.d;
+  const int64_t qt = task % nqt, h = (task / nqt) % jb.hq, bi = task / (nqt * jb.hq);
+  const int64_t g = h / (jb.hq / jb.hkv);
+  const int64_t i0 = qt * kB, nq = std::min<int64_t>(kB, jb.t - i0);
+  load_query_tile<T>(jb, w, bi, h, i0, nq);
+  std::fill(w.o.begin(), w.o.end(), 0.f);  // dQ accumulator
+  const int64_t jend = jb.causal ? i0 + nq : jb.t;
+  for (int64_t j0 = 0; j0 < jend; j0 += kB) {
+    const int64_t nk = std::min<int64_t>(kB, jend - j0);
+    load_key_tile<T>(jb, w, bi, g, j0, nk, true);
+    scores_and_ds(jb, w, bi, h, i0, nq, j0);
+    gemm_acc(w.o.data(), w.dp.data(), kB, 1, w.kr.data(), d);  // dQ += dS K
+  }
+  T* dq = static_cast<T*>(jb.dq) + ((bi * jb.t + i0) * jb.hq + h) * d;
+  for (int64_t i = 0; i < nq; ++i)
+    for (int64_t e = 0; e < d; ++e) dq[i * jb.hq * d + e] = xf::from_f32<T>(jb.scale * w.o[i * d + e]);
+}
+
+enum class Pass { Forward, DKV, DQ };
+
+template <typename T>
+QN_XF_INLINE void run_tasks(const Job& jb, Pass p, int64_t b, int64_t e) {
+  Bufs w(jb.d);
+  for (int64_t t = b; t < e; ++t) {
+    if (p == Pass::Forward) forward_task<T>(jb, w, t);
+    else if (p == Pass::DKV) dkv_task<T>(jb, w, t);
+    else dq_task<T>(jb, w, t);
+  }
+}
+template <typename T> QN_XF_AVX512 void run_avx512(const Job& jb, Pass p, int64_t b, int64_t e) { run_tasks<T>(jb, p, b, e); }
+template <typename T> QN_XF_AVX2 void run_avx2(const Job& jb, Pass p, int64_t b, int64_t e) { run_tasks<T>(jb, p, b, e); }
+template <typename T> void run_scalar(const Job& jb, Pass p, int64_t b, int64_t e) { run_tasks<T>(jb, p, b, e); }
+
+void run_pass(const Job& jb, DType dt, Pass p, int64_t ntasks) {
+  const xf::Isa isa = xf::isa();
+  xf::with_type(dt, [&](auto tt) {
+    using T = decltype(tt);
+    parallel_for(ntasks, 1, [&](int64_t b, int64_t e) {
+      if (isa == xf::Isa::Avx512) run_avx512<T>(jb, p, b, e);
+      else if (isa == xf::Isa::Avx2) run_avx2<T>(jb, p, b, e);
+      else run_scalar<T>(jb, p, b, e);
+    });
+  });
+}
+
+Job make_job(const AttentionDims& d, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, bool causal) {
+  Job jb{};
+  jb.q = q.raw();
+  jb.k = k.raw();
+  jb.v = v.raw();
+  jb.mask = mask.defined() ? mask.raw() : nullptr;
+  jb.mask_dt = mask.defined() ? mask.dtype() : DType::I32;
+  jb.b = d.b, jb.t = d.t, jb.hq = d.hq, jb.hkv = d.hkv, jb.d = d.d;
+  jb.scale = d.scale;
+  jb.causal = causal;
+  return jb;
+}
+
+}  // namespace
+
+void attention_forward(Context&, const AttentionForwardArgs& a) {
+  const AttentionDims d = check_attention_forward(a);
+  Job jb = make_job(d, a.q, a.k, a.v, a.mask, a.causal);
+  jb.out = a.out.raw();
+  jb.lse = a.lse.defined() ? a.lse.data<float>() : nullptr;
+  const int64_t nqt = (d.t + kB - 1) / kB;
+  run_pass(jb, a.q.dtype(), Pass::Forward, d.b * d.hq * nqt);
+}
+
+void attention_backward(Context&, const AttentionBackwardArgs& a) {
+  const AttentionDims d = check_attention_backward(a);
+  Job jb = make_job(d, a.q, a.k, a.v, a.mask, a.causal);
+  jb.lse = a.lse.data<float>();
+  jb.dout = a.dout.raw();
+  jb.dq = a.dq.raw();
+  jb.dk = a.dk.raw();
+  jb.dv = a.dv.raw();
+  // delta[b, h, i] = dot(dout[b, i, h], out[b, i, h]) in f32.
+  std::vector<float> delta(static_cast<size_t>(d.b * d.hq * d.t));
+  xf::with_type(a.q.dtype(), [&](auto tt) {
+    using T = decltype(tt);
+    const T* o = static_cast<const T*>(a.out.raw());
+    const T* g = static_cast<const T*>(a.dout.raw());
+    parallel_for(d.b * d.t, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t h = 0; h < d.hq; ++h) {
+          const int64_t off = (r * d.hq + h) * d.d;
+          float s = 0.f;
+          for (int64_t e = 0; e < d.d; ++e) s += xf::to_f32(o[off + e]) * xf::to_f32(g[off + e]);
+          delta[((r / d.t) * d.hq + h) * d.t + r % d.t] = s;
+        }
+    });
+  });
+  jb.delta = delta.data();
+  const int64_t nt = (d.t + kB - 1) / kB;
+  run_pass(jb, a.q.dtype(), Pass::DKV, d.b * d.hkv * nt);
+  run_pass(jb, a.q.dtype(), Pass::DQ, d.b * d.hq * nt);
+}
+
+}  // namespace cpu
+}  // namespace qn

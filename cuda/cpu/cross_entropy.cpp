@@ -1,0 +1,107 @@
+// CPU fused cross-entropy over a logits chunk, dlogits written in place (see
+// qn/ops/cross_entropy.h). One row per task; max, sum of exp and the gradient pass run in 16 f32
+// lanes (AVX-512 / AVX2 clones of one body, picked with cpu_features()); the loss sum is added in
+// double in row order (deterministic for any thread count).
+#include <algorithm>
+#include <cmath>
+#include <vector>
+#include "float_rows.h"
+#include "qn/ops/cross_entropy.h"
+#include "qn/parallel.h"
+
+namespace qn {
+namespace cpu {
+namespace {
+
+constexpr int kLanes = 16;
+
+struct CeJob {
+  void* logits;
+  const int32_t* labels;
+  float* row_loss;  // [n], always given (a scratch vector when the caller did not ask)
+  int64_t v;
+  int32_t ignore_index;
+  float grad_scale;
+  bool grad;
+};
+
+// One row: returns nothing, writes row_loss[r] (0 when ignored) and, with grad, the dlogits row.
+template <typename T>
+QN_XF_INLINE void ce_row(const CeJob& j, int64_t r) {
+  T* z = static_cast<T*>(j.logits) + r * j.v;
+  const int64_t v = j.v;
+  const int32_t y = j.labels[r];
+  if (y == j.ignore_index || y < 0 || y >= v) {
+    j.row_loss[r] = 0.f;
+    if (j.grad)
+      for (int64_t i = 0; i < v; ++i) z[i] = xf::from_f32<T>(0.f);
+    return;
+  }
+  const int64_t vv = v / kLanes * kLanes;
+  float mx[kLanes];
+  for (int l = 0; l < kLanes; ++l) mx[l] = -INFINITY;
+  for (int64_t i = 0; i < vv; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) mx[l] = std::max(mx[l], xf::to_f32(z[i + l]));
+  float m = -INFINITY;
+  for (int l = 0; l < kLanes; ++l) m = std::max(m, mx[l]);
+  for (int64_t i = vv; i < v; ++i) m = std::max(m, xf::to_f32(z[i]));
+  float acc[kLanes] = {0};
+  for (int64_t i = 0; i < vv; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += xf::exp_approx(xf::to_f32(z[i + l]) - m);
+  for (int64_t i = vv; i < v; ++i) acc[i - vv] += xf::exp_approx(xf::to_f32(z[i]) - m);
+  for (int w = kLanes / 2; w > 0; w /= 2)
+    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  const float lse = m + std::log(acc[0]);
+  j.row_loss[r] = lse - xf::to_f32(z[y]);
+  if (!j.grad) return;
+  const float sc = j.grad_scale;
+  const float zy = xf::to_f32(z[y]);
+  for (int64_t i = 0; i < v; ++i) z[i] = xf::from_f32<T>(xf::exp_approx(xf::to_f32(z[i]) - lse) * sc);
+  z[y] = xf::from_f32<T>((xf::exp_approx(zy - lse) - 1.f) * sc);
+}
+
+template <typename T> QN_XF_AVX512 void ce_rows_avx512(const CeJob& j, int64_t b, int64_t e) {
+  for (int64_t r = b; r < e; ++r) ce_row<T>(j, r);
+}
+template <typename T> QN_XF_AVX2 void ce_rows_avx2(const CeJob& j, int64_t b, int64_t e) {
+  for (int64_t r = b; r < e; ++r) ce_row<T>(j, r);
+}
+template <typename T> void ce_rows_scalar(const CeJob& j, int64_t b, int64_t e) {
+  for (int64_t r = b; r < e; ++r) ce_row<T>(j, r);
+}
+
+}  // namespace
+
+void cross_entropy(Context&, const CrossEntropyArgs& a) {
+  const CrossEntropyDims d = check_cross_entropy(a);
+  std::vector<float> scratch;
+  float* rl = a.row_loss.defined() ? a.row_loss.data<float>() : nullptr;
+  if (!rl) {
+    scratch.resize(static_cast<size_t>(d.n));
+    rl = scratch.data();
+  }
+  CeJob job{a.logits.raw(), a.labels.data<int32_t>(), rl, d.v, a.ignore_index, a.grad_scale, a.compute_grad};
+  const xf::Isa isa = xf::isa();
+  xf::with_type(a.logits.dtype(), [&](auto tt) {
+    using T = decltype(tt);
+    parallel_for(d.n, std::max<int64_t>(1, 65536 / d.v), [&](int64_t b, int64_t e) {
+      if (isa == xf::Isa::Avx512) ce_rows_avx512<T>(job, b, e);
+      else if (isa == xf::Isa::Avx2) ce_rows_avx2<T>(job, b, e);
+      else ce_rows_scalar<T>(job, b, e);
+    });
+  });
+  double sum = 0;
+  int32_t cnt = 0;
+  const int32_t* labels = job.labels;
+  for (int64_t r = 0; r < d.n; ++r) {
+    const int32_t y = labels[r];
+    if (y == a.ignore_index || y < 0 || y >= d.v) continue;
+    sum += rl[r];
+    ++cnt;
+  }
+  a.loss_sum.data<float>()[0] = static_cast<float>(a.loss_sum.data<float>()[0] + sum);
+  a.count.data<int32_t>()[0] += cnt;
+}
+
+}  // namespace cpu
+}  // namespace qn

@@ -1,0 +1,66 @@
+// Helpers shared by the CPU transformer ops (embedding, rmsnorm, rope, attention, swiglu,
+// cross_entropy, residual): f32 / bf16 element access by storage type, a branch-free exp the
+// compiler vectorizes, and the target attributes of the AVX-512 / AVX2 clones picked at run time.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include "qn/cpu_features.h"
+#include "qn/dtype.h"
+#include "qn/half.h"
+
+namespace qn {
+namespace cpu {
+namespace xf {
+
+// Storage types: float for f32, uint16_t for bf16 (round-to-nearest-even on store).
+inline float to_f32(float v) { return v; }
+inline float to_f32(uint16_t v) { return bf16_to_f32(v); }
+template <typename T> inline T from_f32(float v);
+template <> inline float from_f32<float>(float v) { return v; }
+template <> inline uint16_t from_f32<uint16_t>(float v) { return f32_to_bf16(v); }
+// The value v takes once stored as T.
+template <typename T> inline float round_to(float v) { return to_f32(from_f32<T>(v)); }
+
+// Calls f(T{}) with T = float for f32 and uint16_t for bf16 (the callers' checks allow only these).
+template <typename F> inline void with_type(DType t, F&& f) {
+  if (t == DType::BF16) f(uint16_t{});
+  else f(float{});
+}
+
+// exp(x) in f32 without branches or library calls (Cephes expf polynomial, about 1 ulp over
+// [-87, 88]); x < -87.3 (including -inf) gives exactly 0. The caller keeps x <= 88.
+inline float exp_approx(float x) {
+  const float keep = x >= -87.3f ? 1.f : 0.f;
+  x = x < -87.3f ? -87.3f : x;
+  const float n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round to nearest
+  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.9875691500E-4f;
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  const float y = p * r * r + r + 1.f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return y * scale * keep;
+}
+
+enum class Isa { Scalar, Avx2, Avx512 };
+inline Isa isa() {
+  const CpuFeatures& f = cpu_features();
+  if (f.avx512f && f.avx512bw && f.avx512vl && f.fma) return Isa::Avx512;
+  if (f.avx2 && f.fma) return Isa::Avx2;
+  return Isa::Scalar;
+}
+
+}  // namespace xf
+}  // namespace cpu
+}  // namespace qn
+
+// Clones of a kernel body for the SIMD levels (the body is an always-inline template; the compiler
+// vectorizes its fixed-width inner loops for each target).
+#define QN_XF_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,prefer-vector-width=512")))
+#define QN_XF_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define QN_XF_INLINE inline __attribute__((always_inline))
