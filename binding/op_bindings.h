@@ -7,5 +7,6 @@
 namespace qnb {
 
 void RegisterElementwiseOps(Napi::Env env, Napi::Object ops);
+void RegisterNf4Ops(Napi::Env env, Napi::Object ops);
 
 }  // namespace qnb
