@@ -93,4 +93,23 @@ QN_HOST_DEVICE bool lora_dropout_keep(uint64_t key, uint64_t index, uint32_t thr
   return static_cast<uint32_t>(lora_mix64(key + index * 0x9E3779B97F4A7C15ull) >> 40) >= threshold;
 }
 
+// The dropout of a layer, ready to apply: mult(i) = keep(i) ? 1/(1-p) : 0 for x's flat index i.
+struct LoraDropout {
+  bool on = false;  // enabled and p > 0
+  uint64_t key = 0;
+  uint32_t threshold = 0;
+  float inv_keep = 1.f;
+  QN_HOST_DEVICE float mult(uint64_t index) const {
+    return lora_dropout_keep(key, index, threshold) ? inv_keep : 0.f;
+  }
+};
+inline LoraDropout lora_dropout_of(const LoraLinear& L) {
+  LoraDropout d;
+  d.on = L.enabled && L.dropout > 0.f;
+  d.key = lora_dropout_key(L.seed);
+  d.threshold = lora_dropout_threshold(L.dropout);
+  d.inv_keep = 1.f / (1.f - L.dropout);
+  return d;
+}
+
 }  // namespace qn

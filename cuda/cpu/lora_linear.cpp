@@ -1,0 +1,246 @@
+// CPU LoRA linear (see qn/ops/lora_linear.h), built on the blocked GEMM driver (gemm_driver.h)
+// with custom packers and epilogues, so neither a dequantized W nor a separate pass over y exists:
+//
+// forward   u = s * xd A^T                  small GEMM, fp32, x packed through the dropout mask
+//           y = [x | u] [W | B]^T + b        ONE GEMM over K = in + r (DESIGN.md section 5): the A
+//                                            panels hold x then u, the B panels hold W (NF4 tiles
+//                                            dequantized straight into them) then B
+// backward  dB += dy^T u                    small GEMMs, fp32
+//           g = s * dy B
+//           dA += g^T xd                    x packed through the mask
+//           dx (+)= [dy | g] [W ; A]        ONE GEMM over K = out + r when p == 0; with dropout the
+//                                            g A term is masked, so it is added per tile in the
+//                                            epilogue of dy W (a K = r product on the finished tile)
+// Precision: with bf16 x/dy and an NF4 or bf16 W the big GEMMs run on bf16 panels (vdpbf16ps, u and
+// g rounded to bf16 in their panels, as the GPU does); otherwise in fp32. The small LoRA GEMMs are
+// always fp32. fp32 accumulation everywhere.
+#include <cstring>
+#include <functional>
+#include <vector>
+#include "gemm_driver.h"
+#include "qn/half.h"
+#include "qn/ops/lora_linear.h"
+#include "qn/ops/nf4.h"
+
+namespace qn {
+namespace cpu {
+namespace {
+
+using gemm_impl::EpilogueFn;
+using gemm_impl::Format;
+using gemm_impl::MatSrc;
+using gemm_impl::PackFn;
+using gemm_impl::Panel;
+using gemm_impl::Problem;
+
+std::vector<float> bias_f32(const Tensor& b) {
+  std::vector<float> v;
+  if (!b.defined()) return v;
+  v.resize(static_cast<size_t>(b.numel()));
+  if (b.dtype() == DType::F32) {
+    std::memcpy(v.data(), b.raw(), v.size() * sizeof(float));
+  } else {
+    const uint16_t* h = b.data<uint16_t>();
+    for (size_t i = 0; i < v.size(); ++i) v[i] = bf16_to_f32(h[i]);
+  }
+  return v;
+}
+
+// Packs like gemm_impl::pack, then multiplies each element by the dropout factor of its flat index
+// in x ([M, in] row-major): (r, k) is x[r * ld + k] when src.k_contiguous, else x[k * ld + r].
+PackFn dropout_packer(const MatSrc& src, const LoraDropout& drop) {
+  return [src, drop](int64_t r0, int rows, const Panel& P, void* dst) {
+    gemm_impl::pack(src, r0, rows, P, dst);
+    for (int kk = 0; kk < P.kc; ++kk) {
+      const int64_t k = P.k0 + kk;
+      for (int i = 0; i < rows; ++i) {
+        const uint64_t idx = static_cast<uint64_t>(src.k_contiguous ? (r0 + i) * src.ld + k : k * src.ld + r0 + i);
+        const float m = drop.mult(idx);
+        if (P.fmt == Format::F32) {
+          static_cast<float*>(dst)[kk * P.R + i] *= m;
+        } else {
+          uint16_t& h = static_cast<uint16_t*>(dst)[(kk >> 1) * 2 * P.R + 2 * i + (kk & 1)];
+          h = f32_to_bf16(bf16_to_f32(h) * m);
+        }
+      }
+    }
+  };
+}
+
+thread_local std::vector<uint8_t> t_tile;  // one dequantized NF4 tile per thread
+
+// Packs the base weight part k in [0, kw) of a B panel. Panel rows r are output columns j; for the
+// forward (x W^T) j is a row of W and k a column (w_transposed = false); for dx = dy W, j is a
+// column of W and k a row (w_transposed = true).
+void pack_weight(const LoraLinear& L, bool w_transposed, DType tile_dt, int64_t r0, int rows, const Panel& P,
+                 int64_t kw, void* dst) {
+  const int64_t ka = std::max<int64_t>(P.k0, 0), kb = std::min<int64_t>(P.k0 + P.kc, kw);
+  if (kb <= ka) return;
+  if (!L.nf4) {
+    const int64_t in = L.weight.dim(1);
+    gemm_impl::pack_part(MatSrc{L.weight.raw(), L.weight.dtype(), in, !w_transposed}, r0, rows, P, ka, kb, 0, dst);
+    return;
+  }
+  const size_t es = dtype_size(tile_dt);
+  t_tile.resize(static_cast<size_t>(rows) * (kb - ka) * es);
+  if (!w_transposed) {  // W rows [r0, r0 + rows), cols [ka, kb): a k-contiguous tile
+    nf4_dequantize_tile(*L.nf4, r0, r0 + rows, ka, kb, tile_dt, t_tile.data(), kb - ka);
+    gemm_impl::pack_part(MatSrc{t_tile.data(), tile_dt, kb - ka, true}, 0, rows, P, ka, kb, ka, dst);
+  } else {  // W rows [ka, kb), cols [r0, r0 + rows): an r-contiguous tile
+    nf4_dequantize_tile(*L.nf4, ka, kb, r0, r0 + rows, tile_dt, t_tile.data(), rows);
+    gemm_impl::pack_part(MatSrc{t_tile.data(), tile_dt, rows, false}, 0, rows, P, ka, kb, ka, dst);
+  }
+}
+
+// A K-concatenated operand: `first` fills k in [0, k1), then `second` (an r x k2 matrix, k-contiguous,
+// ld k2) fills k in [k1, k1 + k2).
+PackFn concat_packer(std::function<void(int64_t, int, const Panel&, void*)> first, int64_t k1, const MatSrc& second,
+                     int64_t k2) {
+  return [first, k1, second, k2](int64_t r0, int rows, const Panel& P, void* dst) {
+    if (rows < P.R || P.kc_pad > P.kc) gemm_impl::zero_panel(P, dst);
+    first(r0, rows, P, dst);
+    if (k2) gemm_impl::pack_part(second, r0, rows, P, k1, k1 + k2, k1, dst);
+  };
+}
+
+// Whether the big GEMMs run on bf16 panels.
+bool use_bf16(const LoraLinear& L, DType xdt) {
+  return xdt == DType::BF16 && (L.nf4 != nullptr || L.weight.dtype() == DType::BF16);
+}
+
+}  // namespace
+
+void lora_linear_forward(Context&, const LoraLinearForwardArgs& a) {
+  const LoraLinearDims d = check_lora_linear_forward(a);
+  if (d.m == 0) return;
+  const LoraLinear& L = a.layer;
+  const DType xdt = a.x.dtype();
+  const LoraDropout drop = lora_dropout_of(L);
+  const MatSrc xs{a.x.raw(), xdt, d.in, true};
+
+  if (d.lora()) {  // u = s * xd A^T, fp32
+    Problem pu;
+    pu.m = d.m;
+    pu.n = d.r;
+    pu.k = d.in;
+    pu.pack_a = drop.on ? dropout_packer(xs, drop) : gemm_impl::packer(xs);
+    pu.pack_b = gemm_impl::packer(MatSrc{L.lora_a.raw(), DType::F32, d.in, true});
+    pu.epilogue = gemm_impl::store_epilogue(a.u.raw(), DType::F32, d.r, L.scale, 0.f, nullptr);
+    gemm_impl::run(pu);
+  }
+
+  // y = [x | u] [W | B]^T + b
+  const bool bf16 = use_bf16(L, xdt);
+  const DType tile_dt = bf16 ? DType::BF16 : DType::F32;
+  const std::vector<float> bias = bias_f32(L.bias);
+  const MatSrc us{d.lora() ? a.u.raw() : nullptr, DType::F32, d.r, true};
+  const MatSrc bs{d.lora() ? L.lora_b.raw() : nullptr, DType::F32, d.r, true};
+  const int64_t in = d.in, r = d.r;
+  Problem py;
+  py.m = d.m;
+  py.n = d.out;
+  py.k = in + r;
+  py.bf16 = bf16;
+  py.pack_a = concat_packer(
+      [&](int64_t r0, int rows, const Panel& P, void* dst) { gemm_impl::pack_part(xs, r0, rows, P, 0, in, 0, dst); },
+      in, us, r);
+  py.pack_b = concat_packer(
+      [&](int64_t r0, int rows, const Panel& P, void* dst) { pack_weight(L, false, tile_dt, r0, rows, P, in, dst); },
+      in, bs, r);
+  py.epilogue = gemm_impl::store_epilogue(a.y.raw(), xdt, d.out, 1.f, a.accumulate_y ? 1.f : 0.f,
+                                          bias.empty() ? nullptr : bias.data());
+  gemm_impl::run(py);
+}
+
+void lora_linear_backward(Context&, const LoraLinearBackwardArgs& a) {
+  const LoraLinearDims d = check_lora_linear_backward(a);
+  if (d.m == 0) return;
+  const LoraLinear& L = a.layer;
+  const DType xdt = a.x.dtype();
+  const LoraDropout drop = lora_dropout_of(L);
+  const int64_t m = d.m, in = d.in, out = d.out, r = d.r;
+  std::vector<float> g;  // s * dy B, [M, r]
+
+  if (d.lora()) {
+    // dB += dy^T u:  (i = o, k = t) of dy^T is dy[t, o]; (j, k = t) of u is u[t, j].
+    Problem pb;
+    pb.m = out;
+    pb.n = r;
+    pb.k = m;
+    pb.pack_a = gemm_impl::packer(MatSrc{a.dy.raw(), xdt, out, false});
+    pb.pack_b = gemm_impl::packer(MatSrc{a.u.raw(), DType::F32, r, false});
+    pb.epilogue = gemm_impl::store_epilogue(a.grad_b.raw(), DType::F32, r, 1.f, 1.f, nullptr);
+    gemm_impl::run(pb);
+    // g = s * dy B:  (j, k = o) of B is B[o, j].
+    g.resize(static_cast<size_t>(m * r));
+    Problem pg;
+    pg.m = m;
+    pg.n = r;
+    pg.k = out;
+    pg.pack_a = gemm_impl::packer(MatSrc{a.dy.raw(), xdt, out, true});
+    pg.pack_b = gemm_impl::packer(MatSrc{L.lora_b.raw(), DType::F32, r, false});
+    pg.epilogue = gemm_impl::store_epilogue(g.data(), DType::F32, r, L.scale, 0.f, nullptr);
+    gemm_impl::run(pg);
+    // dA += g^T xd:  (i = q, k = t) of g^T is g[t, q]; (j = c, k = t) of xd is xd[t, c].
+    const MatSrc xs{a.x.raw(), xdt, in, false};
+    Problem pa;
+    pa.m = r;
+    pa.n = in;
+    pa.k = m;
+    pa.pack_a = gemm_impl::packer(MatSrc{g.data(), DType::F32, r, false});
+    pa.pack_b = drop.on ? dropout_packer(xs, drop) : gemm_impl::packer(xs);
+    pa.epilogue = gemm_impl::store_epilogue(a.grad_a.raw(), DType::F32, in, 1.f, 1.f, nullptr);
+    gemm_impl::run(pa);
+  }
+
+  if (!a.dx.defined() || in == 0) return;
+  // dx (+)= dy W + mask * (g A)
+  const bool bf16 = use_bf16(L, xdt);
+  const DType tile_dt = bf16 ? DType::BF16 : DType::F32;
+  const bool concat = d.lora() && !drop.on;  // g A joins the GEMM along K
+  const int64_t kr = concat ? r : 0;
+  const MatSrc dys{a.dy.raw(), xdt, out, true};
+  const MatSrc gs{g.data(), DType::F32, r, true};
+  const MatSrc as{d.lora() ? L.lora_a.raw() : nullptr, DType::F32, in, false};
+  Problem px;
+  px.m = m;
+  px.n = in;
+  px.k = out + kr;
+  px.bf16 = bf16;
+  px.pack_a = concat_packer(
+      [&](int64_t r0, int rows, const Panel& P, void* dst) { gemm_impl::pack_part(dys, r0, rows, P, 0, out, 0, dst); },
+      out, gs, kr);
+  px.pack_b = concat_packer(
+      [&](int64_t r0, int rows, const Panel& P, void* dst) { pack_weight(L, true, tile_dt, r0, rows, P, out, dst); },
+      out, as, kr);
+  const float beta = a.accumulate_dx ? 1.f : 0.f;
+  if (d.lora() && drop.on) {
+    const float* A = L.lora_a.data<float>();
+    const float* gp = g.data();
+    void* dx = a.dx.raw();
+    px.epilogue = [=, &drop](int64_t i0, int64_t j0, int mr, int nr, const float* tile, int64_t ld) {
+      float t[64];  // nr <= NR = 64 (also in the transposed path, where nr <= MR)
+      for (int ii = 0; ii < mr; ++ii) {
+        const int64_t i = i0 + ii;
+        for (int jj = 0; jj < nr; ++jj) t[jj] = 0.f;
+        for (int64_t q = 0; q < r; ++q) {
+          const float gq = gp[i * r + q];
+          const float* arow = A + q * in + j0;
+          for (int jj = 0; jj < nr; ++jj) t[jj] += gq * arow[jj];
+        }
+        for (int jj = 0; jj < nr; ++jj)
+          t[jj] = tile[ii * ld + jj] + drop.mult(static_cast<uint64_t>(i * in + j0 + jj)) * t[jj];
+        if (xdt == DType::F32)
+          gemm_impl::finish_row_f32(static_cast<float*>(dx) + i * in + j0, t, nr, 1.f, beta, nullptr);
+        else
+          gemm_impl::finish_row_bf16(static_cast<uint16_t*>(dx) + i * in + j0, t, nr, 1.f, beta, nullptr);
+      }
+    };
+  } else {
+    px.epilogue = gemm_impl::store_epilogue(a.dx.raw(), xdt, in, 1.f, beta, nullptr);
+  }
+  gemm_impl::run(px);
+}
+
+}  // namespace cpu
+}  // namespace qn
