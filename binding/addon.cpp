@@ -29,6 +29,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Session", SessionWrap::Define(env));
   exports.Set("Tensor", TensorWrap::Define(env));
   RegisterSystemInfo(env, exports);
+  RegisterModel(env, exports);
   Napi::Object ops = Napi::Object::New(env);
   RegisterElementwiseOps(env, ops);
   RegisterNf4Ops(env, ops);
