@@ -32,6 +32,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   RegisterModel(env, exports);
   Napi::Object ops = Napi::Object::New(env);
   RegisterElementwiseOps(env, ops);
+  RegisterOptimOps(env, ops);
   RegisterNf4Ops(env, ops);
   exports.Set("ops", ops);
   exports.Set("napiVersion", Napi::Number::New(env, NAPI_VERSION));
