@@ -599,7 +599,10 @@ Napi::Value ModelWrap::SetOptimizerState(const Napi::CallbackInfo& info) {
   } else if (tensors->count("m") && n > 0 && static_cast<int64_t>((*tensors)["m"].size()) == n) {
     kind = qn::OptimKind::AdamW8;  // one byte per parameter (f32 state has 4)
   }
-  if (tensors->empty() && step == 0) return Submit(env, "setOptimizerState", [](Qwen2Model&) {});
+  if (tensors->empty()) {  // {step: 0, tensors: {}}: a fresh optimizer
+    if (step != 0) Throw(env, "E_ARG", fn + ": tensors are missing (only step 0 may come without a state)");
+    return Submit(env, "setOptimizerState", [](Qwen2Model& m) { m.reset_optimizer(); });
+  }
   return Submit(env, "setOptimizerState", [step, kind, tensors](Qwen2Model& m) { m.set_optimizer_state(step, kind, *tensors); });
 }
 

@@ -851,6 +851,11 @@ void Qwen2Model::set_optimizer_state(int64_t step, OptimKind kind, const std::ma
   step_ = step;
 }
 
+void Qwen2Model::reset_optimizer() {
+  optim_ = OptimState();
+  step_ = 0;
+}
+
 MemoryReport Qwen2Model::memory_report() const {
   MemoryReport r;
   r.weights = weight_bytes();

@@ -165,6 +165,8 @@ class Qwen2Model {
   // name -> raw bytes: "m", "v" (+ "absmax_m", "absmax_v" for 8-bit)
   std::map<std::string, std::vector<uint8_t>> get_optimizer_state(OptimKind* kind) const;
   void set_optimizer_state(int64_t step, OptimKind kind, const std::map<std::string, std::vector<uint8_t>>& t);
+  // Drops the optimizer state (the next step starts a fresh one at t = 1).
+  void reset_optimizer();
 
   MemoryReport memory_report() const;
   // Frees the cached activation workspace (it grows to the largest batch seen).

@@ -42,12 +42,14 @@ function fmt(file: string, msg: string): QloraError {
 
 function withFile(e: unknown, file: string, name: string): unknown {
   if (e instanceof QloraError) {
+    if (e.message.startsWith(file)) return e;
     const msg = e.message.includes(name) ? e.message : `tensor '${name}': ${e.message}`;
     return new QloraError(e.code, `${file}: ${msg}`, { cause: e });
   }
   return e;
 }
 
+const dims = (s: readonly number[]) => `[${s.join(", ")}]`;
 const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((x, i) => x === b[i]);
 
 function nativeDtype(info: StTensorInfo): "f32" | "bf16" | "f16" {
@@ -143,11 +145,11 @@ async function streamWeights(
         if (!w.linear) throw fmt(info.file, `tensor '${name}' is 4-bit quantized but only decoder linear weights can be`);
         const parts = await readBnbNf4Parts(ckpt, name);
         if (!sameShape(parts.shape, w.shape))
-          throw fmt(info.file, `tensor '${name}' has shape [${parts.shape}] (quant_state) but ${cfgFile} implies [${w.shape}]`);
+          throw fmt(info.file, `tensor '${name}' has shape ${dims(parts.shape)} (quant_state) but ${cfgFile} implies ${dims(w.shape)}`);
         await model.setNf4Weight(name, parts);
       } else {
         if (!sameShape(info.shape, w.shape))
-          throw fmt(info.file, `tensor '${name}' has shape [${info.shape}] but ${cfgFile} implies [${w.shape}]`);
+          throw fmt(info.file, `tensor '${name}' has shape ${dims(info.shape)} but ${cfgFile} implies ${dims(w.shape)}`);
         const dt = nativeDtype(info);
         const data = await ckpt.read(name);
         await model.setWeight(name, dt, info.shape, data);
