@@ -1,0 +1,138 @@
+// CUDA fused cross-entropy, dlogits in place (see qn/ops/cross_entropy.h).
+//   ce_row_kernel    one block (512 threads) per row, grid-stride over rows: each thread keeps an
+//                    online (max, sum of exp) over its strided columns, the block merges them
+//                    (warp shuffles, then shared memory) into lse = m + log(s); thread 0 writes the
+//                    row loss lse - z[y] (z[y] read by every thread before the block's first sync,
+//                    so the gradient pass cannot overwrite it first); then the gradient pass
+//                    z_j = (exp(z_j - lse) - [j == y]) * grad_scale. Ignored rows: loss 0, row zeroed.
+//   ce_reduce_kernel one block adds the row losses of non-ignored rows in double, in a fixed order
+//                    (strided per thread, then a shared-memory tree), adds the total to loss_sum once
+//                    and the count to count: deterministic run to run, no atomics.
+// exp/log are the fast-math forms (~2 ulp); the per-row loss agrees with the CPU to ~1e-6 relative.
+#include "qn/ops/cross_entropy.h"
+#include "qn/tensor.h"
+#include "xf_common.cuh"
+
+namespace qn {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 512;
+constexpr int kReduceThreads = 1024;
+
+__device__ __forceinline__ bool ignored(int y, int ignore_index, long long v) {
+  return y == ignore_index || y < 0 || y >= v;
+}
+
+// Merges (m2, s2) into (m, s): both are (max, sum of exp(x - max)) over disjoint sets.
+__device__ __forceinline__ void merge(float& m, float& s, float m2, float s2) {
+  const float mm = fmaxf(m, m2);
+  if (mm == -INFINITY) return;  // both empty
+  s = s * __expf(m - mm) + s2 * __expf(m2 - mm);
+  m = mm;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) ce_row_kernel(T* z, const int* __restrict__ labels,
+                                                          float* __restrict__ row_loss, long long n, long long v,
+                                                          int ignore_index, float grad_scale, bool grad) {
+  __shared__ float sm[32], ss[32];
+  __shared__ float lse_sh;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (long long r = blockIdx.x; r < n; r += gridDim.x) {
+    T* zr = z + r * v;
+    const int y = labels[r];
+    if (ignored(y, ignore_index, v)) {
+      if (threadIdx.x == 0) row_loss[r] = 0.f;
+      if (grad)
+        for (long long j = threadIdx.x; j < v; j += kThreads) zr[j] = xf::from_f32<T>(0.f);
+      continue;
+    }
+    const float zy = xf::to_f32(zr[y]);
+    float m = -INFINITY, s = 0.f;
+    for (long long j = threadIdx.x; j < v; j += kThreads) {
+      const float x = xf::to_f32(zr[j]);
+      if (x > m) {
+        s = s * __expf(m - x) + 1.f;
+        m = x;
+      } else {
+        s += __expf(x - m);
+      }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+      const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+      merge(m, s, m2, s2);
+    }
+    if (lane == 0) sm[warp] = m, ss[warp] = s;
+    __syncthreads();
+    if (warp == 0) {
+      m = lane < kThreads / 32 ? sm[lane] : -INFINITY;
+      s = lane < kThreads / 32 ? ss[lane] : 0.f;
+      for (int o = 16; o > 0; o >>= 1) {
+        const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+        merge(m, s, m2, s2);
+      }
+      if (lane == 0) {
+        lse_sh = m + __logf(s);
+        row_loss[r] = lse_sh - zy;
+      }
+    }
+    __syncthreads();
+    const float lse = lse_sh;
+    if (grad)
+      for (long long j = threadIdx.x; j < v; j += kThreads) {
+        const float p = __expf(xf::to_f32(zr[j]) - lse);
+        zr[j] = xf::from_f32<T>(((j == y) ? p - 1.f : p) * grad_scale);
+      }
+    __syncthreads();  // sm/ss/lse_sh are rewritten for the next row
+  }
+}
+
+__global__ void __launch_bounds__(kReduceThreads) ce_reduce_kernel(const float* __restrict__ row_loss,
+                                                                   const int* __restrict__ labels, long long n,
+                                                                   long long v, int ignore_index, float* loss_sum,
+                                                                   int* count) {
+  __shared__ double sd[kReduceThreads];
+  __shared__ int sc[kReduceThreads];
+  double s = 0;
+  int c = 0;
+  for (long long r = threadIdx.x; r < n; r += kReduceThreads)
+    if (!ignored(labels[r], ignore_index, v)) s += row_loss[r], ++c;
+  sd[threadIdx.x] = s;
+  sc[threadIdx.x] = c;
+  __syncthreads();
+  for (int w = kReduceThreads / 2; w > 0; w >>= 1) {
+    if (threadIdx.x < w) {
+      sd[threadIdx.x] += sd[threadIdx.x + w];
+      sc[threadIdx.x] += sc[threadIdx.x + w];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    loss_sum[0] = (float)((double)loss_sum[0] + sd[0]);
+    count[0] += sc[0];
+  }
+}
+
+}  // namespace
+
+void cross_entropy(Context& ctx, const CrossEntropyArgs& a) {
+  const CrossEntropyDims d = check_cross_entropy(a);
+  if (d.n == 0) return;
+  Tensor rl = a.row_loss.defined() ? a.row_loss : Tensor::empty(a.logits.ctx_ptr(), DType::F32, {d.n});
+  const unsigned grid = static_cast<unsigned>(d.n < 65535 * 4 ? d.n : 65535 * 4);
+  with_type(a.logits.dtype(), [&](auto tt) {
+    using T = decltype(tt);
+    ce_row_kernel<T><<<grid, kThreads, 0, stream_of(ctx)>>>(static_cast<T*>(a.logits.raw()), a.labels.data<int>(),
+                                                           rl.data<float>(), d.n, d.v, a.ignore_index, a.grad_scale,
+                                                           a.compute_grad);
+  });
+  QN_CUDA_LAUNCHED("ce_row_kernel", ctx);
+  ce_reduce_kernel<<<1, kReduceThreads, 0, stream_of(ctx)>>>(rl.data<float>(), a.labels.data<int>(), d.n, d.v,
+                                                              a.ignore_index, a.loss_sum.data<float>(),
+                                                              a.count.data<int>());
+  QN_CUDA_LAUNCHED("ce_reduce_kernel", ctx);
+}
+
+}  // namespace cuda
+}  // namespace qn
