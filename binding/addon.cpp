@@ -34,6 +34,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   RegisterElementwiseOps(env, ops);
   RegisterOptimOps(env, ops);
   RegisterNf4Ops(env, ops);
+  RegisterLinearOps(env, ops);
   exports.Set("ops", ops);
   exports.Set("napiVersion", Napi::Number::New(env, NAPI_VERSION));
   return exports;

@@ -10,5 +10,6 @@ void RegisterElementwiseOps(Napi::Env env, Napi::Object ops);
 void RegisterOptimOps(Napi::Env env, Napi::Object ops);
 void RegisterModel(Napi::Env env, Napi::Object exports);  // class Model (binding/model_wrap.cpp)
 void RegisterNf4Ops(Napi::Env env, Napi::Object ops);
+void RegisterLinearOps(Napi::Env env, Napi::Object ops);
 
 }  // namespace qnb

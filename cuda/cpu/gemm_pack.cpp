@@ -19,35 +19,41 @@ bool has_avx512() {
   return v;
 }
 
-inline float load_f(const MatSrc& s, int64_t off) {
-  return s.dt == DType::F32 ? static_cast<const float*>(s.p)[off] : bf16_to_f32(static_cast<const uint16_t*>(s.p)[off]);
-}
-inline uint16_t load_h(const MatSrc& s, int64_t off) {
-  return s.dt == DType::BF16 ? static_cast<const uint16_t*>(s.p)[off] : f32_to_bf16(static_cast<const float*>(s.p)[off]);
-}
 inline int64_t offset(const MatSrc& s, int64_t r, int64_t k) { return s.k_contiguous ? r * s.ld + k : k * s.ld + r; }
 
-// Panel-relative k range [ka, kb) of rows [0, rows): scalar, any source and format.
-void pack_scalar(const MatSrc& s, int64_t r0, int rows, const Panel& P, int ka, int kb, int64_t k_shift, void* dst) {
+inline float as_f32(float v) { return v; }
+inline float as_f32(uint16_t h) { return bf16_to_f32(h); }
+inline uint16_t as_bf16(float v) { return f32_to_bf16(v); }
+inline uint16_t as_bf16(uint16_t h) { return h; }
+
+// Panel-relative k range [ka, kb) of rows [0, rows), one element at a time, k outer (so the
+// destination is written in order and each source row or column is read sequentially).
+template <typename S, typename D>
+void pack_scalar_t(const MatSrc& s, int64_t r0, int rows, const Panel& P, int ka, int kb, int64_t k_shift, D* d) {
+  const S* p = static_cast<const S*>(s.p);
   const int64_t kbase = P.k0 - k_shift;
+  const int64_t rs = s.k_contiguous ? s.ld : 1, ks = s.k_contiguous ? 1 : s.ld;  // strides of r and k
+  const S* base = p + r0 * rs + kbase * ks;
+  for (int kk = ka; kk < kb; ++kk) {
+    const S* col = base + kk * ks;
+    if constexpr (sizeof(D) == 4) {
+      D* dk = d + kk * P.R;
+      for (int i = 0; i < rows; ++i) dk[i] = as_f32(col[i * rs]);
+    } else {
+      D* dk = d + (kk >> 1) * 2 * P.R + (kk & 1);
+      for (int i = 0; i < rows; ++i) dk[2 * i] = as_bf16(col[i * rs]);
+    }
+  }
+}
+
+void pack_scalar(const MatSrc& s, int64_t r0, int rows, const Panel& P, int ka, int kb, int64_t k_shift, void* dst) {
+  const bool f32src = s.dt == DType::F32;
   if (P.fmt == Format::F32) {
-    float* d = static_cast<float*>(dst);
-    if (s.k_contiguous) {
-      for (int i = 0; i < rows; ++i)
-        for (int kk = ka; kk < kb; ++kk) d[kk * P.R + i] = load_f(s, offset(s, r0 + i, kbase + kk));
-    } else {
-      for (int kk = ka; kk < kb; ++kk)
-        for (int i = 0; i < rows; ++i) d[kk * P.R + i] = load_f(s, offset(s, r0 + i, kbase + kk));
-    }
+    if (f32src) pack_scalar_t<float>(s, r0, rows, P, ka, kb, k_shift, static_cast<float*>(dst));
+    else pack_scalar_t<uint16_t>(s, r0, rows, P, ka, kb, k_shift, static_cast<float*>(dst));
   } else {
-    uint16_t* d = static_cast<uint16_t*>(dst);
-    if (s.k_contiguous) {
-      for (int i = 0; i < rows; ++i)
-        for (int kk = ka; kk < kb; ++kk) d[(kk >> 1) * 2 * P.R + 2 * i + (kk & 1)] = load_h(s, offset(s, r0 + i, kbase + kk));
-    } else {
-      for (int kk = ka; kk < kb; ++kk)
-        for (int i = 0; i < rows; ++i) d[(kk >> 1) * 2 * P.R + 2 * i + (kk & 1)] = load_h(s, offset(s, r0 + i, kbase + kk));
-    }
+    if (f32src) pack_scalar_t<float>(s, r0, rows, P, ka, kb, k_shift, static_cast<uint16_t*>(dst));
+    else pack_scalar_t<uint16_t>(s, r0, rows, P, ka, kb, k_shift, static_cast<uint16_t*>(dst));
   }
 }
 

@@ -14,10 +14,19 @@
 // Precision: with bf16 x/dy and an NF4 or bf16 W the big GEMMs run on bf16 panels (vdpbf16ps, u and
 // g rounded to bf16 in their panels, as the GPU does); otherwise in fp32. The small LoRA GEMMs are
 // always fp32. fp32 accumulation everywhere.
+#include <algorithm>
 #include <cstring>
 #include <functional>
 #include <vector>
+#if defined(__x86_64__)
+#include <cpuid.h>
+// GCC 12 flags its own _mm512_undefined_* helpers inside the intrinsics (GCC bug 105593).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#endif
 #include "gemm_driver.h"
+#include "qn/cpu_features.h"
 #include "qn/half.h"
 #include "qn/ops/lora_linear.h"
 #include "qn/ops/nf4.h"
@@ -46,22 +55,71 @@ std::vector<float> bias_f32(const Tensor& b) {
   return v;
 }
 
+// ---- dropout factors -----------------------------------------------------------------------------
+#if defined(__x86_64__)
+bool has_avx512dq() {
+  static const bool v = [] {
+    unsigned a, b, c, d;
+    const CpuFeatures& f = cpu_features();
+    return f.avx512f && f.avx512vl && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & (1u << 17));
+  }();
+  return v;
+}
+
+// The splitmix64 mask of lora_linear.h, 8 indices per step (vpmullq).
+__attribute__((target("avx512f,avx512dq,avx512vl"))) void dropout_mults_avx512(const LoraDropout& dr, uint64_t idx0,
+                                                                               int n, float* out) {
+  const __m512i golden = _mm512_set1_epi64(static_cast<long long>(0x9E3779B97F4A7C15ull));
+  const __m512i c1 = _mm512_set1_epi64(static_cast<long long>(0xBF58476D1CE4E5B9ull));
+  const __m512i c2 = _mm512_set1_epi64(static_cast<long long>(0x94D049BB133111EBull));
+  const __m512i key = _mm512_set1_epi64(static_cast<long long>(dr.key));
+  const __m512i thr = _mm512_set1_epi64(dr.threshold);
+  const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+  const __m256 inv = _mm256_set1_ps(dr.inv_keep);
+  for (int j = 0; j < n; j += 8) {
+    const __m512i idx = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(idx0 + j)), lane);
+    __m512i z = _mm512_add_epi64(key, _mm512_mullo_epi64(idx, golden));
+    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)), c1);
+    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)), c2);
+    z = _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
+    const __mmask8 keep = _mm512_cmpge_epu64_mask(_mm512_srli_epi64(z, 40), thr);
+    const __mmask8 tail = n - j >= 8 ? __mmask8(0xff) : __mmask8((1u << (n - j)) - 1);
+    _mm256_mask_storeu_ps(out + j, tail, _mm256_maskz_mov_ps(keep, inv));
+  }
+}
+#endif
+
+// out[j] = mult(idx0 + j), j < n.
+void dropout_mults(const LoraDropout& dr, uint64_t idx0, int n, float* out) {
+#if defined(__x86_64__)
+  if (has_avx512dq()) return dropout_mults_avx512(dr, idx0, n, out);
+#endif
+  for (int j = 0; j < n; ++j) out[j] = dr.mult(idx0 + j);
+}
+
 // Packs like gemm_impl::pack, then multiplies each element by the dropout factor of its flat index
 // in x ([M, in] row-major): (r, k) is x[r * ld + k] when src.k_contiguous, else x[k * ld + r].
 PackFn dropout_packer(const MatSrc& src, const LoraDropout& drop) {
   return [src, drop](int64_t r0, int rows, const Panel& P, void* dst) {
     gemm_impl::pack(src, r0, rows, P, dst);
-    for (int kk = 0; kk < P.kc; ++kk) {
-      const int64_t k = P.k0 + kk;
+    std::vector<float> m(static_cast<size_t>(std::max(P.kc, rows)));
+    auto scale = [&](int kk, int i, float f) {
+      if (P.fmt == Format::F32) {
+        static_cast<float*>(dst)[kk * P.R + i] *= f;
+      } else {
+        uint16_t& h = static_cast<uint16_t*>(dst)[(kk >> 1) * 2 * P.R + 2 * i + (kk & 1)];
+        h = f32_to_bf16(bf16_to_f32(h) * f);
+      }
+    };
+    if (src.k_contiguous) {  // consecutive indices along k
       for (int i = 0; i < rows; ++i) {
-        const uint64_t idx = static_cast<uint64_t>(src.k_contiguous ? (r0 + i) * src.ld + k : k * src.ld + r0 + i);
-        const float m = drop.mult(idx);
-        if (P.fmt == Format::F32) {
-          static_cast<float*>(dst)[kk * P.R + i] *= m;
-        } else {
-          uint16_t& h = static_cast<uint16_t*>(dst)[(kk >> 1) * 2 * P.R + 2 * i + (kk & 1)];
-          h = f32_to_bf16(bf16_to_f32(h) * m);
-        }
+        dropout_mults(drop, static_cast<uint64_t>((r0 + i) * src.ld + P.k0), P.kc, m.data());
+        for (int kk = 0; kk < P.kc; ++kk) scale(kk, i, m[kk]);
+      }
+    } else {  // consecutive indices along r
+      for (int kk = 0; kk < P.kc; ++kk) {
+        dropout_mults(drop, static_cast<uint64_t>((P.k0 + kk) * src.ld + r0), rows, m.data());
+        for (int i = 0; i < rows; ++i) scale(kk, i, m[i]);
       }
     }
   };
@@ -219,7 +277,7 @@ void lora_linear_backward(Context&, const LoraLinearBackwardArgs& a) {
     const float* gp = g.data();
     void* dx = a.dx.raw();
     px.epilogue = [=, &drop](int64_t i0, int64_t j0, int mr, int nr, const float* tile, int64_t ld) {
-      float t[64];  // nr <= NR = 64 (also in the transposed path, where nr <= MR)
+      float t[64], mult[64];  // nr <= NR = 64 (also in the transposed path, where nr <= MR)
       for (int ii = 0; ii < mr; ++ii) {
         const int64_t i = i0 + ii;
         for (int jj = 0; jj < nr; ++jj) t[jj] = 0.f;
@@ -228,8 +286,8 @@ void lora_linear_backward(Context&, const LoraLinearBackwardArgs& a) {
           const float* arow = A + q * in + j0;
           for (int jj = 0; jj < nr; ++jj) t[jj] += gq * arow[jj];
         }
-        for (int jj = 0; jj < nr; ++jj)
-          t[jj] = tile[ii * ld + jj] + drop.mult(static_cast<uint64_t>(i * in + j0 + jj)) * t[jj];
+        dropout_mults(drop, static_cast<uint64_t>(i * in + j0), nr, mult);
+        for (int jj = 0; jj < nr; ++jj) t[jj] = tile[ii * ld + jj] + mult[jj] * t[jj];
         if (xdt == DType::F32)
           gemm_impl::finish_row_f32(static_cast<float*>(dx) + i * in + j0, t, nr, 1.f, beta, nullptr);
         else
