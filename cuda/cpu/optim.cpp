@@ -3,6 +3,9 @@
 // runs everywhere and the compiler vectorizes each for its target. Every result is independent of
 // the thread count: AdamW is elementwise, 8-bit AdamW works per 256-block, and the sum of squares
 // uses fixed chunks whose partial sums are added in chunk order.
+// No contraction of a * b + c into fused multiply-adds in this file (it must round as the CUDA
+// kernels and torch do: see optim.h); explicit std::fma still compiles to FMA instructions.
+#pragma GCC optimize("fp-contract=off")
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -26,7 +29,7 @@ QN_OPTIM_HD void adamw32_body(float* __restrict__ p, const float* __restrict__ g
                               float* __restrict__ v, int64_t b, int64_t e, const AdamWCoefs c, const float coef) {
   for (int64_t i = b; i < e; ++i) {
     float pi = p[i], mi = m[i], vi = v[i];
-    adamw_update(pi, g[i] * coef, mi, vi, c);
+    adamw_update(pi, optim_mul(g[i], coef), mi, vi, c);
     p[i] = pi;
     m[i] = mi;
     v[i] = vi;
@@ -95,10 +98,10 @@ QN_OPTIM_HD void adamw8_body(float* __restrict__ p, const float* __restrict__ g,
     uint8_t* __restrict__ cmb = cm + base;
     uint8_t* __restrict__ cvb = cv + base;
     for (int j = 0; j < len; ++j) {
-      ms[j] = smap[cmb[j]] * old_am;
-      vs[j] = umap[cvb[j]] * old_av;
+      ms[j] = optim_mul(smap[cmb[j]], old_am);
+      vs[j] = optim_mul(umap[cvb[j]], old_av);
     }
-    for (int j = 0; j < len; ++j) adamw_update(pb[j], gb[j] * coef, ms[j], vs[j], c);
+    for (int j = 0; j < len; ++j) adamw_update(pb[j], optim_mul(gb[j], coef), ms[j], vs[j], c);
     uint32_t bm = 0, bv = 0;
     for (int j = 0; j < len; ++j) {
       uint32_t um, uv;
@@ -121,13 +124,13 @@ QN_OPTIM_HD void adamw8_body(float* __restrict__ p, const float* __restrict__ g,
         cmb[j] = static_cast<uint8_t>(q + sign_fix(ms[j], lut.smap[q]));
       }
     } else {
-      std::memset(cmb, 127, static_cast<size_t>(len));
+      for (int j = 0; j < len; ++j) cmb[j] = 127;
     }
     if (new_av > 0.f) {
       for (int j = 0; j < len; ++j) xs[j] = optim_div(vs[j], new_av);
       for (int j = 0; j < len; ++j) cvb[j] = static_cast<uint8_t>(lut_code(lut.u, lut.umid, xs[j]));
     } else {
-      std::memset(cvb, 0, static_cast<size_t>(len));
+      for (int j = 0; j < len; ++j) cvb[j] = 0;
     }
   }
 }

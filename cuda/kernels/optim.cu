@@ -11,9 +11,10 @@
 //                    partial per block, then one block adds them in a fixed tree order, so the
 //                    result is bit-identical run to run (no atomics).
 //   nonfinite_kernel 16-byte loads over the raw bytes; any all-ones exponent sets the flag.
-// Division and sqrt use the IEEE-rounded intrinsics (the build uses --use_fast_math), so CUDA
-// matches the CPU to a few ulp (fused multiply-adds may differ). Paged states (managed memory) are
+// The element math uses the _rn intrinsics (optim.h: no contraction, IEEE division and sqrt even
+// under --use_fast_math), so CUDA matches the CPU bit for bit (denormals aside: flushed here). Paged states (managed memory) are
 // prefetched to the device on the session stream before the step.
+#include <atomic>
 #include <cfloat>
 #include <memory>
 #include "cuda_common.cuh"
@@ -28,7 +29,7 @@ constexpr int kThreads = 256;
 constexpr int kNormBlocksMax = 1024;
 
 __device__ __forceinline__ float clip_coef(float scale, const float* norm_sq, float max_norm) {
-  return norm_sq ? scale * clip_coef_from_norm_sq(*norm_sq, max_norm) : scale;
+  return norm_sq ? optim_mul(scale, clip_coef_from_norm_sq(*norm_sq, max_norm)) : scale;
 }
 
 template <bool kVec>
@@ -46,10 +47,10 @@ __global__ void __launch_bounds__(kThreads) adamw32_kernel(float* __restrict__ p
       const float4 gv = reinterpret_cast<const float4*>(g)[i];
       float4 mv = reinterpret_cast<float4*>(m)[i];
       float4 vv = reinterpret_cast<float4*>(v)[i];
-      adamw_update(pv.x, gv.x * coef, mv.x, vv.x, c);
-      adamw_update(pv.y, gv.y * coef, mv.y, vv.y, c);
-      adamw_update(pv.z, gv.z * coef, mv.z, vv.z, c);
-      adamw_update(pv.w, gv.w * coef, mv.w, vv.w, c);
+      adamw_update(pv.x, optim_mul(gv.x, coef), mv.x, vv.x, c);
+      adamw_update(pv.y, optim_mul(gv.y, coef), mv.y, vv.y, c);
+      adamw_update(pv.z, optim_mul(gv.z, coef), mv.z, vv.z, c);
+      adamw_update(pv.w, optim_mul(gv.w, coef), mv.w, vv.w, c);
       reinterpret_cast<float4*>(p)[i] = pv;
       reinterpret_cast<float4*>(m)[i] = mv;
       reinterpret_cast<float4*>(v)[i] = vv;
@@ -57,7 +58,7 @@ __global__ void __launch_bounds__(kThreads) adamw32_kernel(float* __restrict__ p
   } else {
     for (; i < n; i += stride) {
       float pi = p[i], mi = m[i], vi = v[i];
-      adamw_update(pi, g[i] * coef, mi, vi, c);
+      adamw_update(pi, optim_mul(g[i], coef), mi, vi, c);
       p[i] = pi;
       m[i] = mi;
       v[i] = vi;
@@ -125,9 +126,9 @@ __global__ void __launch_bounds__(kThreads) adamw8_kernel(float* __restrict__ p,
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       if (!live[j]) continue;
-      me[j] = me[j] * old_am;
-      ve[j] = ve[j] * old_av;
-      adamw_update(pe[j], ge[j] * coef, me[j], ve[j], c);
+      me[j] = optim_mul(me[j], old_am);
+      ve[j] = optim_mul(ve[j], old_av);
+      adamw_update(pe[j], optim_mul(ge[j], coef), me[j], ve[j], c);
       lm = fmaxf(lm, fabsf(me[j]));
       lv = fmaxf(lv, ve[j]);
     }
@@ -250,8 +251,26 @@ unsigned norm_blocks_for(long long n) {
   return static_cast<unsigned>(b < 1 ? 1 : (b < kNormBlocksMax ? b : kNormBlocksMax));
 }
 
+// Prefetching managed memory needs concurrent managed access (Linux, Pascal and newer); where
+// the device lacks it the driver migrates pages on demand instead.
+bool can_prefetch(int device) {
+  static std::atomic<int> cache[64];  // 0 unknown, 1 yes, 2 no
+  std::atomic<int>& c = cache[device & 63];
+  int v = c.load();
+  if (v == 0) {
+    int attr = 0;
+    if (cudaDeviceGetAttribute(&attr, cudaDevAttrConcurrentManagedAccess, device) != cudaSuccess) {
+      cudaGetLastError();
+      attr = 0;
+    }
+    v = attr ? 1 : 2;
+    c.store(v);
+  }
+  return v == 1;
+}
+
 void prefetch_to_device(const Tensor& t, int device, cudaStream_t stream, const Context& ctx) {
-  if (!t.defined() || t.nbytes() == 0) return;
+  if (!t.defined() || t.nbytes() == 0 || !can_prefetch(device)) return;
 #if CUDART_VERSION >= 13000
   cudaMemLocation loc{};
   loc.type = cudaMemLocationTypeDevice;

@@ -344,23 +344,25 @@ QN_TEST(optim_adamw_cuda_matches_cpu) {
         adamw_step(*ctx, ad);
         adamw_step(*cpu, ac);
       }
+      // Both backends round every step alike (optim.h), so the results should agree bit for bit
+      // (denormals aside, none here); the bounds leave room for a rare last-bit difference in
+      // the clip coefficient (the two sums of squares add in different orders).
       const std::string what = std::string(optim_kind_name(kind)) + " n=" + std::to_string(n);
-      all_close(to_floats(pd), to_floats(pc), 1e-5f, 1e-6f, what + " p, device vs cpu");
+      const std::vector<uint8_t> pd_b = to_bytes(pd), pc_b = to_bytes(pc);
+      size_t differ = 0;
+      for (size_t i = 0; i < pd_b.size(); i += 4) differ += std::memcmp(&pd_b[i], &pc_b[i], 4) != 0;
+      if (differ) std::printf("    %s: %zu of %lld parameters differ in some bit from the CPU\n", what.c_str(), differ, (long long)n);
+      all_close(to_floats(pd), to_floats(pc), 1e-6f, 1e-7f, what + " p, device vs cpu");
       if (kind == OptimKind::AdamW32) {
-        all_close(to_floats(sd.m), to_floats(sc.m), 1e-5f, 1e-9f, what + " m");
-        all_close(to_floats(sd.v), to_floats(sc.v), 1e-5f, 1e-12f, what + " v");
+        all_close(to_floats(sd.m), to_floats(sc.m), 1e-6f, 1e-12f, what + " m");
+        all_close(to_floats(sd.v), to_floats(sc.v), 1e-6f, 1e-20f, what + " v");
       } else {
-        all_close(to_floats(sd.absmax_m), to_floats(sc.absmax_m), 1e-5f, 0.f, what + " absmax m");
-        all_close(to_floats(sd.absmax_v), to_floats(sc.absmax_v), 1e-5f, 0.f, what + " absmax v");
-        // Codes may differ by one step where a value sits at a rounding midpoint.
+        all_close(to_floats(sd.absmax_m), to_floats(sc.absmax_m), 1e-6f, 0.f, what + " absmax m");
+        all_close(to_floats(sd.absmax_v), to_floats(sc.absmax_v), 1e-6f, 0.f, what + " absmax v");
         const std::vector<uint8_t> a = to_bytes(sd.m), b = to_bytes(sc.m), c = to_bytes(sd.v), d = to_bytes(sc.v);
-        size_t off = 0, far = 0;
-        for (size_t i = 0; i < a.size(); ++i) {
-          off += (a[i] != b[i]) + (c[i] != d[i]);
-          far += std::abs((int)a[i] - b[i]) > 1 || std::abs((int)c[i] - d[i]) > 1;
-        }
-        EXPECT_EQ(far, (size_t)0);
-        EXPECT_TRUE(off <= a.size() / 500 + 2);
+        size_t off = 0;
+        for (size_t i = 0; i < a.size(); ++i) off += (a[i] != b[i]) + (c[i] != d[i]);
+        EXPECT_TRUE(off <= a.size() / 10000 + 2);
       }
     }
   }

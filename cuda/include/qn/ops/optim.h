@@ -94,9 +94,7 @@ void check_grad_norm_sq(const GradNormSqArgs& a);
 void check_nonfinite(const NonfiniteArgs& a);
 
 // Host-side step coefficients, computed in double as torch does in Python and rounded once to
-// f32 (as torch's scalar arguments are), identical on both backends. Per element, in f32:
-//   g = grad * coef;  p *= decay;  m += omb1 * (g - m);  v = v * beta2 + (omb2 * g) * g;
-//   p += neg_step_size * (m / (sqrt(v) / bc2_sqrt + eps))
+// f32 (as torch's scalar arguments are), identical on both backends (see adamw_update).
 struct AdamWCoefs {
   float decay, omb1, beta2, omb2, eps, neg_step_size, bc2_sqrt;
 };
@@ -109,7 +107,32 @@ AdamWCoefs adamw_coefs(const AdamWArgs& a);
 #define QN_OPTIM_HD inline __attribute__((always_inline))
 #endif
 
-// IEEE-rounded division and square root on both sides (the CUDA build uses --use_fast_math).
+// The element math rounds exactly as written on both backends, so CPU and CUDA agree bit for bit
+// (denormals aside: the CUDA build flushes them) and the CPU follows torch's own rounding steps:
+// products, sums, quotients and square roots each rounded once, fused multiply-adds only where
+// written (optim_fma). Device code uses the _rn intrinsics (never contracted, IEEE even under
+// --use_fast_math); cuda/cpu/optim.cpp compiles with fp-contract off.
+QN_OPTIM_HD float optim_mul(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+QN_OPTIM_HD float optim_add(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+QN_OPTIM_HD float optim_fma(float a, float b, float c) {
+#ifdef __CUDA_ARCH__
+  return __fmaf_rn(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
 QN_OPTIM_HD float optim_div(float a, float b) {
 #ifdef __CUDA_ARCH__
   return __fdiv_rn(a, b);
@@ -131,14 +154,16 @@ QN_OPTIM_HD float clip_coef_from_norm_sq(float norm_sq, float max_norm) {
   return coef < 1.f ? coef : 1.f;
 }
 
-// One AdamW element update in torch's order (g already multiplied by the clip coefficient).
-// m uses torch's lerp (weight 1 - beta1).
+// One AdamW element update in torch's order and rounding (single-tensor torch.optim.AdamW on the
+// CPU): p *= decay; m = lerp(m, g, 1 - beta1) (torch's vectorized lerp: one fma); v = v * beta2 +
+// ((1 - beta2) * g) * g; p += -step_size * (m / (sqrt(v) / bc2_sqrt + eps)). g is already
+// multiplied by the clip coefficient (optim_mul).
 QN_OPTIM_HD void adamw_update(float& p, float g, float& m, float& v, const AdamWCoefs& c) {
-  p = p * c.decay;
-  m = c.omb1 < 0.5f ? m + c.omb1 * (g - m) : g - (g - m) * (1.f - c.omb1);
-  v = v * c.beta2 + (c.omb2 * g) * g;
-  const float denom = optim_div(optim_sqrt(v), c.bc2_sqrt) + c.eps;
-  p = p + c.neg_step_size * optim_div(m, denom);
+  p = optim_mul(p, c.decay);
+  m = c.omb1 < 0.5f ? optim_fma(c.omb1, g - m, m) : optim_fma(c.omb1 - 1.f, g - m, g);
+  v = optim_add(optim_mul(v, c.beta2), optim_mul(optim_mul(c.omb2, g), g));
+  const float denom = optim_add(optim_div(optim_sqrt(v), c.bc2_sqrt), c.eps);
+  p = optim_add(p, optim_mul(c.neg_step_size, optim_div(m, denom)));
 }
 
 // The 8-bit code of x (already divided by the block absmax): the nearest map entry, i.e. the
