@@ -7,6 +7,7 @@
 #include "qn/cpu_features.h"
 #include "qn/dtype.h"
 #include "qn/half.h"
+#include "qn/parallel.h"
 
 namespace qn {
 namespace cpu {
@@ -17,7 +18,14 @@ inline float to_f32(float v) { return v; }
 inline float to_f32(uint16_t v) { return bf16_to_f32(v); }
 template <typename T> inline T from_f32(float v);
 template <> inline float from_f32<float>(float v) { return v; }
-template <> inline uint16_t from_f32<uint16_t>(float v) { return f32_to_bf16(v); }
+// Same result as qn::f32_to_bf16 (round to nearest even, quiet NaN), written as a select so loops
+// using it vectorize.
+template <> inline uint16_t from_f32<uint16_t>(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : rounded);
+}
 // The value v takes once stored as T.
 template <typename T> inline float round_to(float v) { return to_f32(from_f32<T>(v)); }
 
@@ -59,8 +67,32 @@ inline Isa isa() {
 }  // namespace cpu
 }  // namespace qn
 
-// Clones of a kernel body for the SIMD levels (the body is an always-inline template; the compiler
-// vectorizes its fixed-width inner loops for each target).
+// Clones of a kernel body for the SIMD levels (the body is an always-inline template or lambda;
+// the compiler vectorizes its loops once per target).
 #define QN_XF_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,prefer-vector-width=512")))
 #define QN_XF_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define QN_XF_INLINE inline __attribute__((always_inline))
+#define QN_XF_LAMBDA __attribute__((always_inline))
+
+namespace qn {
+namespace cpu {
+namespace xf {
+
+template <typename F> QN_XF_AVX512 void run_avx512(const F& f, int64_t b, int64_t e) { f(b, e); }
+template <typename F> QN_XF_AVX2 void run_avx2(const F& f, int64_t b, int64_t e) { f(b, e); }
+template <typename F> void run_scalar(const F& f, int64_t b, int64_t e) { f(b, e); }
+
+// parallel_for whose body f(begin, end) (a lambda marked QN_XF_LAMBDA, calling only QN_XF_INLINE
+// helpers) is compiled for AVX-512, AVX2 and the baseline, and run as the best one the CPU has.
+template <typename F> void parallel_simd(int64_t n, int64_t grain, const F& f) {
+  const Isa level = isa();
+  parallel_for(n, grain, [&](int64_t b, int64_t e) {
+    if (level == Isa::Avx512) run_avx512(f, b, e);
+    else if (level == Isa::Avx2) run_avx2(f, b, e);
+    else run_scalar(f, b, e);
+  });
+}
+
+}  // namespace xf
+}  // namespace cpu
+}  // namespace qn

@@ -1,8 +1,7 @@
 // CPU residual_add (see qn/ops/residual.h): y = alpha * a + beta * b in f32, one rounding to y's
-// dtype. Plain loops the compiler vectorizes, split across the pool.
+// dtype. Loops the compiler vectorizes per SIMD level (xf::parallel_simd).
 #include "float_rows.h"
 #include "qn/ops/residual.h"
-#include "qn/parallel.h"
 
 namespace qn {
 namespace cpu {
@@ -19,7 +18,7 @@ void residual_add(Context&, const ResidualAddArgs& a) {
         const TA* pa = static_cast<const TA*>(a.a.raw());
         const TB* pb = static_cast<const TB*>(a.b.raw());
         TY* py = static_cast<TY*>(a.y.raw());
-        parallel_for(n, 1 << 15, [&](int64_t b, int64_t e) {
+        xf::parallel_simd(n, 1 << 15, [&](int64_t b, int64_t e) QN_XF_LAMBDA {
           for (int64_t i = b; i < e; ++i) py[i] = xf::from_f32<TY>(alpha * xf::to_f32(pa[i]) + beta * xf::to_f32(pb[i]));
         });
       });

@@ -1,4 +1,5 @@
-// CPU RMSNorm forward and backward (see qn/ops/rmsnorm.h). One row per task; row sums in 16 f32
+// CPU RMSNorm forward and backward (see qn/ops/rmsnorm.h). One row per task, compiled per SIMD
+// level (xf::parallel_simd); row sums in 16 f32
 // lanes then a fixed tree (vectorizable, deterministic). dweight: per-block partial sums over fixed
 // blocks of rows, then added in block order (deterministic for any thread count).
 #include <algorithm>
@@ -15,7 +16,7 @@ namespace {
 constexpr int kLanes = 16;
 constexpr int64_t kRowsPerBlock = 32;  // dweight partial-sum blocks
 
-float lanes_sum(float* acc) {
+QN_XF_INLINE float lanes_sum(float* acc) {
   for (int w = kLanes / 2; w > 0; w /= 2)
     for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
   return acc[0];
@@ -23,7 +24,7 @@ float lanes_sum(float* acc) {
 
 // sum_j a(j) * b(j) over a row, in 16 lanes.
 template <typename TA, typename TB>
-float row_dot(const TA* a, const TB* b, int64_t h) {
+QN_XF_INLINE float row_dot(const TA* a, const TB* b, int64_t h) {
   float acc[kLanes] = {0};
   int64_t j = 0;
   for (; j + kLanes <= h; j += kLanes)
@@ -48,7 +49,7 @@ void rmsnorm_forward(Context&, const RmsNormForwardArgs& a) {
         const TX* x = static_cast<const TX*>(a.x.raw());
         const TW* w = static_cast<const TW*>(a.weight.raw());
         TY* y = static_cast<TY*>(a.y.raw());
-        parallel_for(d.n, std::max<int64_t>(1, 4096 / h), [&](int64_t b, int64_t e) {
+        xf::parallel_simd(d.n, std::max<int64_t>(1, 4096 / h), [&](int64_t b, int64_t e) QN_XF_LAMBDA {
           for (int64_t r = b; r < e; ++r) {
             const TX* xr = x + r * h;
             TY* yr = y + r * h;
@@ -86,7 +87,7 @@ void rmsnorm_backward(Context&, const RmsNormBackwardArgs& a) {
           const TW* w = static_cast<const TW*>(a.weight.raw());
           const TDY* dy = static_cast<const TDY*>(a.dy.raw());
           TDX* dx = static_cast<TDX*>(a.dx.raw());
-          parallel_for(nblocks, 1, [&](int64_t b0, int64_t b1) {
+          xf::parallel_simd(nblocks, 1, [&](int64_t b0, int64_t b1) QN_XF_LAMBDA {
             std::vector<float> g(static_cast<size_t>(h));
             for (int64_t blk = b0; blk < b1; ++blk) {
               float* pw = want_dw ? partial.data() + blk * h : nullptr;

@@ -1,8 +1,7 @@
 // CPU SwiGLU forward and backward (see qn/ops/swiglu.h): fp32 math, one rounding per output,
-// plain loops the compiler vectorizes (exp through xf::exp_approx), split across the pool.
+// loops the compiler vectorizes per SIMD level (xf::parallel_simd; exp through xf::exp_approx).
 #include "float_rows.h"
 #include "qn/ops/swiglu.h"
-#include "qn/parallel.h"
 
 namespace qn {
 namespace cpu {
@@ -11,7 +10,7 @@ namespace {
 constexpr int64_t kGrain = 1 << 14;
 
 // sigmoid(g) with exp of a non-positive argument only (no overflow for either sign).
-inline float sigmoid(float g) {
+QN_XF_INLINE float sigmoid(float g) {
   const float e = xf::exp_approx(g > 0.f ? -g : g);  // exp(-|g|)
   const float r = 1.f / (1.f + e);
   return g > 0.f ? r : e * r;
@@ -30,7 +29,7 @@ void swiglu_forward(Context&, const SwigluForwardArgs& a) {
         const TG* g = static_cast<const TG*>(a.gate.raw());
         const TU* u = static_cast<const TU*>(a.up.raw());
         TH* h = static_cast<TH*>(a.h.raw());
-        parallel_for(n, kGrain, [&](int64_t b, int64_t e) {
+        xf::parallel_simd(n, kGrain, [&](int64_t b, int64_t e) QN_XF_LAMBDA {
           for (int64_t i = b; i < e; ++i) {
             const float gv = xf::to_f32(g[i]);
             h[i] = xf::from_f32<TH>(gv * sigmoid(gv) * xf::to_f32(u[i]));
@@ -55,7 +54,7 @@ void swiglu_backward(Context&, const SwigluBackwardArgs& a) {
     const TD* dh = static_cast<const TD*>(a.dh.raw());
     TDG* dg = static_cast<TDG*>(a.dgate.raw());
     TDU* du = static_cast<TDU*>(a.dup.raw());
-    parallel_for(n, kGrain, [&](int64_t b, int64_t e) {
+    xf::parallel_simd(n, kGrain, [&](int64_t b, int64_t e) QN_XF_LAMBDA {
       for (int64_t i = b; i < e; ++i) {
         const float gv = xf::to_f32(g[i]), uv = xf::to_f32(u[i]), d = xf::to_f32(dh[i]);
         const float s = sigmoid(gv);
