@@ -4,13 +4,15 @@
 //   backward  delta = rowsum(dout * out); then tasks (b, kv head, key tile) accumulate dK, dV over
 //             the group's q heads and query tiles; tasks (b, q head, query tile) accumulate dQ.
 //             (Two passes recompute P instead of racing on dQ: deterministic, no atomics.)
-// No T x T matrix: per task only 64 x 64 score tiles. Tiles are converted to f32 (and K, V
-// transposed) on load. The micro-GEMMs are fixed-width loops compiled three times (AVX-512, AVX2,
-// baseline) and picked with cpu_features(). Masked scores are -inf; a row with no allowed key
-// gets out = 0, lse = -inf and contributes no gradient.
+// No T x T matrix: per task only 64 x 64 score tiles. K and V (and in backward q * scale and dout)
+// are first packed per head into f32 (K, V also transposed), zero-padded to whole tiles. The task bodies are compiled three times (AVX-512, AVX2, baseline) and picked
+// with cpu_features(); the two micro-GEMMs (S = A B^T over D, C += A B over the tile) are AVX-512
+// intrinsics (4 x 64 register blocks) or fixed-width loops for the other levels. Masked scores
+// are -inf; a row with no allowed key gets out = 0, lse = -inf and contributes no gradient.
 #include <algorithm>
 #include <cmath>
 #include <vector>
+#include <immintrin.h>
 #include "float_rows.h"
 #include "qn/ops/attention.h"
 #include "qn/parallel.h"
@@ -29,22 +31,34 @@ struct Job {
   const void* dout;
   void *dq, *dk, *dv;
   const float* delta;  // backward: [B, Hq, T]
-  int64_t b, t, hq, hkv, d;
+  int64_t b, t, tp, hq, hkv, d;  // tp: T rounded up to the tile size
   float scale;
   bool causal;
+  // Packed f32 copies (zero rows/columns past T): kt, vt [B, Hkv, D, Tp] (transposed), kr, vr
+  // [B, Hkv, Tp, D]; backward also qf (q * scale) and dof [B, Hq, Tp, D].
+  const float *kt, *vt, *kr, *vr, *qf, *dof;
+  // Micro-GEMMs for the CPU's SIMD level (see gemm_abt / gemm_acc).
+  void (*abt)(float* s, const float* a, const float* bt, int64_t ldb, int64_t d);
+  void (*acc)(float* c, const float* a, int64_t sr, int64_t sx, const float* b, int64_t d);
   bool keep(int64_t bi, int64_t j) const {
     if (!mask) return true;
     return mask_dt == DType::I32 ? static_cast<const int32_t*>(mask)[bi * t + j] != 0
                                  : static_cast<const uint8_t*>(mask)[bi * t + j] != 0;
   }
+  // Packed tiles: rows [j0, j0 + kB) of kv head g (or q head h) of batch bi.
+  const float* kt_at(int64_t bi, int64_t g, int64_t j0) const { return kt + (bi * hkv + g) * d * tp + j0; }
+  const float* vt_at(int64_t bi, int64_t g, int64_t j0) const { return vt + (bi * hkv + g) * d * tp + j0; }
+  const float* kr_at(int64_t bi, int64_t g, int64_t j0) const { return kr + ((bi * hkv + g) * tp + j0) * d; }
+  const float* vr_at(int64_t bi, int64_t g, int64_t j0) const { return vr + ((bi * hkv + g) * tp + j0) * d; }
+  const float* qf_at(int64_t bi, int64_t h, int64_t i0) const { return qf + ((bi * hq + h) * tp + i0) * d; }
+  const float* dof_at(int64_t bi, int64_t h, int64_t i0) const { return dof + ((bi * hq + h) * tp + i0) * d; }
 };
 
-// Per-thread tile buffers (f32). Rows are padded to kB with zeros.
+// Per-thread tile buffers (f32).
 struct Bufs {
-  std::vector<float> qs, dout, o, kt, vt, kr, vr, s, dp, dk, dv, bias, m, l;
+  std::vector<float> qs, o, s, dp, dk, dv, bias, m, l;
   explicit Bufs(int64_t d)
-      : qs(kB * d), dout(kB * d), o(kB * d), kt(d * kB), vt(d * kB), kr(kB * d), vr(kB * d), s(kB * kB),
-        dp(kB * kB), dk(kB * d), dv(kB * d), bias(kB), m(kB), l(kB) {}
+      : qs(kB * d), o(kB * d), s(kB * kB), dp(kB * kB), dk(kB * d), dv(kB * d), bias(kB), m(kB), l(kB) {}
 };
 
 // dst[r][:] = mul * src[r * stride + :] for r < n, zero rows up to kB.
@@ -53,22 +67,39 @@ QN_XF_INLINE void load_rows(float* dst, const T* src, int64_t stride, int64_t n,
   for (int64_t r = 0; r < kB; ++r)
     for (int64_t c = 0; c < d; ++c) dst[r * d + c] = r < n ? mul * xf::to_f32(src[r * stride + c]) : 0.f;
 }
-// dst[c][r] = src[r * stride + c] (transposed to [d][kB]), zero columns r >= n.
+
+// Packs head hd of [B, T, H, D] into f32 [B, H, Tp, D] (rows) or [B, H, D, Tp] (transposed), times
+// mul, zero past T. One task per (b, head, tile).
 template <typename T>
-QN_XF_INLINE void load_cols(float* dst, const T* src, int64_t stride, int64_t n, int64_t d) {
-  for (int64_t r = 0; r < kB; ++r)
-    for (int64_t c = 0; c < d; ++c) dst[c * kB + r] = r < n ? xf::to_f32(src[r * stride + c]) : 0.f;
+void pack(float* dst, const void* src_v, int64_t b, int64_t t, int64_t tp, int64_t heads, int64_t d, float mul,
+          bool transposed) {
+  const T* src = static_cast<const T*>(src_v);
+  const int64_t tiles = tp / kB;
+  parallel_for(b * heads * tiles, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t tile = task % tiles, hd = (task / tiles) % heads, bi = task / (tiles * heads);
+      float* base = dst + (bi * heads + hd) * tp * d;
+      for (int64_t r = tile * kB; r < (tile + 1) * kB; ++r) {
+        const T* row = src + ((bi * t + r) * heads + hd) * d;
+        for (int64_t e = 0; e < d; ++e) {
+          const float v = r < t ? mul * xf::to_f32(row[e]) : 0.f;
+          if (transposed) base[e * tp + r] = v;
+          else base[r * d + e] = v;
+        }
+      }
+    }
+  });
 }
 
-// S[i][0..kB) = sum_c A[i][c] * Bt[c][0..kB), i < kB (two rows at a time).
-QN_XF_INLINE void gemm_abt(float* s, const float* a, const float* bt, int64_t d) {
+// S[i][0..kB) = sum_c A[i][c] * Bt[c * ldb + 0..kB), i < kB (two rows at a time).
+QN_XF_INLINE void gemm_abt(float* s, const float* a, const float* bt, int64_t ldb, int64_t d) {
   for (int64_t i = 0; i < kB; i += 2) {
     float acc0[kB] = {0}, acc1[kB] = {0};
     const float* a0 = a + i * d;
     const float* a1 = a0 + d;
     for (int64_t c = 0; c < d; ++c) {
       const float x0 = a0[c], x1 = a1[c];
-      const float* br = bt + c * kB;
+      const float* br = bt + c * ldb;
       for (int j = 0; j < kB; ++j) {
         acc0[j] += x0 * br[j];
         acc1[j] += x1 * br[j];
@@ -95,6 +126,66 @@ QN_XF_INLINE void gemm_acc(float* c, const float* a, int64_t sr, int64_t sx, con
   }
 }
 
+// AVX-512 versions of the two micro-GEMMs: 4 rows x 64 columns in 16 zmm accumulators.
+QN_XF_AVX512 void gemm_abt_avx512(float* s, const float* a, const float* bt, int64_t ldb, int64_t d) {
+  for (int64_t i = 0; i < kB; i += 4) {
+    __m512 c[4][4];
+    for (int r = 0; r < 4; ++r)
+      for (int v = 0; v < 4; ++v) c[r][v] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < d; ++k) {
+      const float* br = bt + k * ldb;
+      const __m512 b0 = _mm512_loadu_ps(br), b1 = _mm512_loadu_ps(br + 16), b2 = _mm512_loadu_ps(br + 32),
+                   b3 = _mm512_loadu_ps(br + 48);
+      for (int r = 0; r < 4; ++r) {
+        const __m512 x = _mm512_set1_ps(a[(i + r) * d + k]);
+        c[r][0] = _mm512_fmadd_ps(x, b0, c[r][0]);
+        c[r][1] = _mm512_fmadd_ps(x, b1, c[r][1]);
+        c[r][2] = _mm512_fmadd_ps(x, b2, c[r][2]);
+        c[r][3] = _mm512_fmadd_ps(x, b3, c[r][3]);
+      }
+    }
+    for (int r = 0; r < 4; ++r)
+      for (int v = 0; v < 4; ++v) _mm512_storeu_ps(s + (i + r) * kB + 16 * v, c[r][v]);
+  }
+}
+
+QN_XF_AVX512 void gemm_acc_avx512(float* c, const float* a, int64_t sr, int64_t sx, const float* b, int64_t d) {
+  for (int64_t d0 = 0; d0 < d; d0 += 64) {
+    __mmask16 m[4];
+    for (int v = 0; v < 4; ++v) {
+      const int64_t left = d - d0 - 16 * v;
+      m[v] = left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1);
+    }
+    for (int64_t r0 = 0; r0 < kB; r0 += 4) {
+      __m512 acc[4][4];
+      for (int r = 0; r < 4; ++r)
+        for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_maskz_loadu_ps(m[v], c + (r0 + r) * d + d0 + 16 * v);
+      for (int64_t x = 0; x < kB; ++x) {
+        const float* br = b + x * d + d0;
+        __m512 bv[4];
+        for (int v = 0; v < 4; ++v) bv[v] = _mm512_maskz_loadu_ps(m[v], br + 16 * v);
+        for (int r = 0; r < 4; ++r) {
+          const __m512 w = _mm512_set1_ps(a[(r0 + r) * sr + x * sx]);
+          for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_fmadd_ps(w, bv[v], acc[r][v]);
+        }
+      }
+      for (int r = 0; r < 4; ++r)
+        for (int v = 0; v < 4; ++v) _mm512_mask_storeu_ps(c + (r0 + r) * d + d0 + 16 * v, m[v], acc[r][v]);
+    }
+  }
+}
+
+QN_XF_AVX2 void gemm_abt_avx2(float* s, const float* a, const float* bt, int64_t ldb, int64_t d) {
+  gemm_abt(s, a, bt, ldb, d);
+}
+QN_XF_AVX2 void gemm_acc_avx2(float* c, const float* a, int64_t sr, int64_t sx, const float* b, int64_t d) {
+  gemm_acc(c, a, sr, sx, b, d);
+}
+void gemm_abt_scalar(float* s, const float* a, const float* bt, int64_t ldb, int64_t d) { gemm_abt(s, a, bt, ldb, d); }
+void gemm_acc_scalar(float* c, const float* a, int64_t sr, int64_t sx, const float* b, int64_t d) {
+  gemm_acc(c, a, sr, sx, b, d);
+}
+
 // Additive key bias for a key tile: 0 for kept keys, -inf for padding and columns past the end.
 QN_XF_INLINE void key_bias(const Job& jb, int64_t bi, int64_t j0, int64_t nk, float* bias) {
   for (int64_t c = 0; c < kB; ++c) bias[c] = c < nk && jb.keep(bi, j0 + c) ? 0.f : -INFINITY;
@@ -110,7 +201,7 @@ QN_XF_INLINE void mask_scores(const Job& jb, float* s, const float* bias, int64_
 
 template <typename T>
 QN_XF_INLINE void forward_task(const Job& jb, Bufs& w, int64_t task) {
-  const int64_t nqt = (jb.t + kB - 1) / kB;
+  const int64_t nqt = jb.tp / kB;
   const int64_t qt = task % nqt, h = (task / nqt) % jb.hq, bi = task / (nqt * jb.hq);
   const int64_t g = h / (jb.hq / jb.hkv), d = jb.d;
   const int64_t i0 = qt * kB, nq = std::min<int64_t>(kB, jb.t - i0);
@@ -122,11 +213,8 @@ QN_XF_INLINE void forward_task(const Job& jb, Bufs& w, int64_t task) {
   const int64_t jend = jb.causal ? i0 + nq : jb.t;
   for (int64_t j0 = 0; j0 < jend; j0 += kB) {
     const int64_t nk = std::min<int64_t>(kB, jend - j0);
-    const int64_t koff = ((bi * jb.t + j0) * jb.hkv + g) * d;
-    load_cols(w.kt.data(), static_cast<const T*>(jb.k) + koff, jb.hkv * d, nk, d);
-    load_rows(w.vr.data(), static_cast<const T*>(jb.v) + koff, jb.hkv * d, nk, d, 1.f);
     key_bias(jb, bi, j0, nk, w.bias.data());
-    gemm_abt(w.s.data(), w.qs.data(), w.kt.data(), d);
+    jb.abt(w.s.data(), w.qs.data(), jb.kt_at(bi, g, j0), jb.tp, d);
     mask_scores(jb, w.s.data(), w.bias.data(), i0, j0);
     for (int64_t i = 0; i < kB; ++i) {
       float* sr = w.s.data() + i * kB;
@@ -148,7 +236,7 @@ QN_XF_INLINE void forward_task(const Job& jb, Bufs& w, int64_t task) {
       if (alpha != 1.f)
         for (int64_t e = 0; e < d; ++e) w.o[i * d + e] *= alpha;
     }
-    gemm_acc(w.o.data(), w.s.data(), kB, 1, w.vr.data(), d);
+    jb.acc(w.o.data(), w.s.data(), kB, 1, jb.vr_at(bi, g, j0), d);
   }
   T* out = static_cast<T*>(jb.out) + ((bi * jb.t + i0) * jb.hq + h) * d;
   for (int64_t i = 0; i < nq; ++i) {
@@ -158,13 +246,14 @@ QN_XF_INLINE void forward_task(const Job& jb, Bufs& w, int64_t task) {
   }
 }
 
-// Recomputes P (in w.s) and dS = P * (dP - delta) (in w.dp) for query tile i0 of head h against the
-// key tile whose Kt, Vt and bias are loaded; w.qs (scaled q) and w.dout hold the query rows.
-QN_XF_INLINE void scores_and_ds(const Job& jb, Bufs& w, int64_t bi, int64_t h, int64_t i0, int64_t nq, int64_t j0) {
+// Recomputes P (in w.s) and dS = P * (dP - delta) (in w.dp) for query tile i0 of head h against key
+// tile j0 of kv head g (the key bias in w.bias).
+QN_XF_INLINE void scores_and_ds(const Job& jb, Bufs& w, int64_t bi, int64_t h, int64_t g, int64_t i0, int64_t nq,
+                                int64_t j0) {
   const int64_t d = jb.d;
-  gemm_abt(w.s.data(), w.qs.data(), w.kt.data(), d);
+  jb.abt(w.s.data(), jb.qf_at(bi, h, i0), jb.kt_at(bi, g, j0), jb.tp, d);
   mask_scores(jb, w.s.data(), w.bias.data(), i0, j0);
-  gemm_abt(w.dp.data(), w.dout.data(), w.vt.data(), d);
+  jb.abt(w.dp.data(), jb.dof_at(bi, h, i0), jb.vt_at(bi, g, j0), jb.tp, d);
   const float* lse = jb.lse + (bi * jb.hq + h) * jb.t + i0;
   const float* delta = jb.delta + (bi * jb.hq + h) * jb.t + i0;
   for (int64_t i = 0; i < kB; ++i) {
@@ -184,38 +273,20 @@ QN_XF_INLINE void scores_and_ds(const Job& jb, Bufs& w, int64_t bi, int64_t h, i
   }
 }
 
-// Loads key tile j0 of kv head g: Kt, Vt (transposed), K rows (for dQ) and the key bias.
-template <typename T>
-QN_XF_INLINE void load_key_tile(const Job& jb, Bufs& w, int64_t bi, int64_t g, int64_t j0, int64_t nk, bool rows) {
-  const int64_t d = jb.d, koff = ((bi * jb.t + j0) * jb.hkv + g) * d;
-  load_cols(w.kt.data(), static_cast<const T*>(jb.k) + koff, jb.hkv * d, nk, d);
-  load_cols(w.vt.data(), static_cast<const T*>(jb.v) + koff, jb.hkv * d, nk, d);
-  if (rows) load_rows(w.kr.data(), static_cast<const T*>(jb.k) + koff, jb.hkv * d, nk, d, 1.f);
-  key_bias(jb, bi, j0, nk, w.bias.data());
-}
-
-template <typename T>
-QN_XF_INLINE void load_query_tile(const Job& jb, Bufs& w, int64_t bi, int64_t h, int64_t i0, int64_t nq) {
-  const int64_t d = jb.d, qoff = ((bi * jb.t + i0) * jb.hq + h) * d;
-  load_rows(w.qs.data(), static_cast<const T*>(jb.q) + qoff, jb.hq * d, nq, d, jb.scale);
-  load_rows(w.dout.data(), static_cast<const T*>(jb.dout) + qoff, jb.hq * d, nq, d, 1.f);
-}
-
 template <typename T>
 QN_XF_INLINE void dkv_task(const Job& jb, Bufs& w, int64_t task) {
-  const int64_t nkt = (jb.t + kB - 1) / kB, d = jb.d, grp = jb.hq / jb.hkv;
+  const int64_t nkt = jb.tp / kB, d = jb.d, grp = jb.hq / jb.hkv;
   const int64_t kt = task % nkt, g = (task / nkt) % jb.hkv, bi = task / (nkt * jb.hkv);
   const int64_t j0 = kt * kB, nk = std::min<int64_t>(kB, jb.t - j0);
-  load_key_tile<T>(jb, w, bi, g, j0, nk, false);
+  key_bias(jb, bi, j0, nk, w.bias.data());
   std::fill(w.dk.begin(), w.dk.end(), 0.f);
   std::fill(w.dv.begin(), w.dv.end(), 0.f);
   for (int64_t h = g * grp; h < (g + 1) * grp; ++h) {
-    for (int64_t i0 = jb.causal ? j0 / kB * kB : 0; i0 < jb.t; i0 += kB) {
+    for (int64_t i0 = jb.causal ? j0 : 0; i0 < jb.t; i0 += kB) {
       const int64_t nq = std::min<int64_t>(kB, jb.t - i0);
-      load_query_tile<T>(jb, w, bi, h, i0, nq);
-      scores_and_ds(jb, w, bi, h, i0, nq, j0);
-      gemm_acc(w.dv.data(), w.s.data(), 1, kB, w.dout.data(), d);  // dV += P^T dO
-      gemm_acc(w.dk.data(), w.dp.data(), 1, kB, w.qs.data(), d);   // dK += dS^T (scale q)
+      scores_and_ds(jb, w, bi, h, g, i0, nq, j0);
+      jb.acc(w.dv.data(), w.s.data(), 1, kB, jb.dof_at(bi, h, i0), d);  // dV += P^T dO
+      jb.acc(w.dk.data(), w.dp.data(), 1, kB, jb.qf_at(bi, h, i0), d);  // dK += dS^T (scale q)
     }
   }
   const int64_t off = ((bi * jb.t + j0) * jb.hkv + g) * d;
@@ -230,18 +301,16 @@ QN_XF_INLINE void dkv_task(const Job& jb, Bufs& w, int64_t task) {
 
 template <typename T>
 QN_XF_INLINE void dq_task(const Job& jb, Bufs& w, int64_t task) {
-  const int64_t nqt = (jb.t + kB - 1) / kB, d = jb.d;
+  const int64_t nqt = jb.tp / kB, d = jb.d;
   const int64_t qt = task % nqt, h = (task / nqt) % jb.hq, bi = task / (nqt * jb.hq);
   const int64_t g = h / (jb.hq / jb.hkv);
   const int64_t i0 = qt * kB, nq = std::min<int64_t>(kB, jb.t - i0);
-  load_query_tile<T>(jb, w, bi, h, i0, nq);
   std::fill(w.o.begin(), w.o.end(), 0.f);  // dQ accumulator
   const int64_t jend = jb.causal ? i0 + nq : jb.t;
   for (int64_t j0 = 0; j0 < jend; j0 += kB) {
-    const int64_t nk = std::min<int64_t>(kB, jend - j0);
-    load_key_tile<T>(jb, w, bi, g, j0, nk, true);
-    scores_and_ds(jb, w, bi, h, i0, nq, j0);
-    gemm_acc(w.o.data(), w.dp.data(), kB, 1, w.kr.data(), d);  // dQ += dS K
+    key_bias(jb, bi, j0, std::min<int64_t>(kB, jend - j0), w.bias.data());
+    scores_and_ds(jb, w, bi, h, g, i0, nq, j0);
+    jb.acc(w.o.data(), w.dp.data(), kB, 1, jb.kr_at(bi, g, j0), d);  // dQ += dS K
   }
   T* dq = static_cast<T*>(jb.dq) + ((bi * jb.t + i0) * jb.hq + h) * d;
   for (int64_t i = 0; i < nq; ++i)
@@ -283,10 +352,19 @@ Job make_job(const AttentionDims& d, const Tensor& q, const Tensor& k, const Ten
   jb.mask = mask.defined() ? mask.raw() : nullptr;
   jb.mask_dt = mask.defined() ? mask.dtype() : DType::I32;
   jb.b = d.b, jb.t = d.t, jb.hq = d.hq, jb.hkv = d.hkv, jb.d = d.d;
+  jb.tp = (d.t + kB - 1) / kB * kB;
   jb.scale = d.scale;
   jb.causal = causal;
+  const xf::Isa isa = xf::isa();
+  jb.abt = isa == xf::Isa::Avx512 ? gemm_abt_avx512 : isa == xf::Isa::Avx2 ? gemm_abt_avx2 : gemm_abt_scalar;
+  jb.acc = isa == xf::Isa::Avx512 ? gemm_acc_avx512 : isa == xf::Isa::Avx2 ? gemm_acc_avx2 : gemm_acc_scalar;
   return jb;
 }
+
+// Packed copies of one call (see Job).
+struct Packed {
+  std::vector<float> kt, vt, kr, vr, qf, dof;
+};
 
 }  // namespace
 
@@ -295,8 +373,18 @@ void attention_forward(Context&, const AttentionForwardArgs& a) {
   Job jb = make_job(d, a.q, a.k, a.v, a.mask, a.causal);
   jb.out = a.out.raw();
   jb.lse = a.lse.defined() ? a.lse.data<float>() : nullptr;
-  const int64_t nqt = (d.t + kB - 1) / kB;
-  run_pass(jb, a.q.dtype(), Pass::Forward, d.b * d.hq * nqt);
+  Packed pk;
+  const size_t kv = static_cast<size_t>(d.b * d.hkv * jb.tp * d.d);
+  pk.kt.resize(kv);
+  pk.vr.resize(kv);
+  xf::with_type(a.q.dtype(), [&](auto tt) {
+    using T = decltype(tt);
+    pack<T>(pk.kt.data(), jb.k, d.b, d.t, jb.tp, d.hkv, d.d, 1.f, true);
+    pack<T>(pk.vr.data(), jb.v, d.b, d.t, jb.tp, d.hkv, d.d, 1.f, false);
+  });
+  jb.kt = pk.kt.data();
+  jb.vr = pk.vr.data();
+  run_pass(jb, a.q.dtype(), Pass::Forward, d.b * d.hq * (jb.tp / kB));
 }
 
 void attention_backward(Context&, const AttentionBackwardArgs& a) {
@@ -307,8 +395,11 @@ void attention_backward(Context&, const AttentionBackwardArgs& a) {
   jb.dq = a.dq.raw();
   jb.dk = a.dk.raw();
   jb.dv = a.dv.raw();
-  // delta[b, h, i] = dot(dout[b, i, h], out[b, i, h]) in f32.
+  // delta[b, h, i] = dot(dout[b, i, h], out[b, i, h]) in f32; packed f32 copies of q, dout, k, v.
   std::vector<float> delta(static_cast<size_t>(d.b * d.hq * d.t));
+  Packed pk;
+  const size_t kv = static_cast<size_t>(d.b * d.hkv * jb.tp * d.d), qn = static_cast<size_t>(d.b * d.hq * jb.tp * d.d);
+  pk.kt.resize(kv), pk.vt.resize(kv), pk.kr.resize(kv), pk.qf.resize(qn), pk.dof.resize(qn);
   xf::with_type(a.q.dtype(), [&](auto tt) {
     using T = decltype(tt);
     const T* o = static_cast<const T*>(a.out.raw());
@@ -322,9 +413,15 @@ void attention_backward(Context&, const AttentionBackwardArgs& a) {
           delta[((r / d.t) * d.hq + h) * d.t + r % d.t] = s;
         }
     });
+    pack<T>(pk.kt.data(), jb.k, d.b, d.t, jb.tp, d.hkv, d.d, 1.f, true);
+    pack<T>(pk.vt.data(), jb.v, d.b, d.t, jb.tp, d.hkv, d.d, 1.f, true);
+    pack<T>(pk.kr.data(), jb.k, d.b, d.t, jb.tp, d.hkv, d.d, 1.f, false);
+    pack<T>(pk.qf.data(), jb.q, d.b, d.t, jb.tp, d.hq, d.d, d.scale, false);
+    pack<T>(pk.dof.data(), jb.dout, d.b, d.t, jb.tp, d.hq, d.d, 1.f, false);
   });
   jb.delta = delta.data();
-  const int64_t nt = (d.t + kB - 1) / kB;
+  jb.kt = pk.kt.data(), jb.vt = pk.vt.data(), jb.kr = pk.kr.data(), jb.qf = pk.qf.data(), jb.dof = pk.dof.data();
+  const int64_t nt = jb.tp / kB;
   run_pass(jb, a.q.dtype(), Pass::DKV, d.b * d.hkv * nt);
   run_pass(jb, a.q.dtype(), Pass::DQ, d.b * d.hq * nt);
 }
