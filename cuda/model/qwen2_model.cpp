@@ -2,7 +2,10 @@
 #include "model/qwen2_model.h"
 #include "model/masked_rows.h"
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include "qn/half.h"
 #include "qn/memory_stats.h"
@@ -24,6 +27,7 @@ namespace model {
 namespace {
 
 const char* const kModuleNames[kNumModules] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+const char* const kBwdNames[kNumModules] = {"bwd.q_proj", "bwd.k_proj", "bwd.v_proj", "bwd.o_proj", "bwd.gate_proj", "bwd.up_proj", "bwd.down_proj"};
 
 // Bytes of one LM-head chunk of f32 logits we aim for (DESIGN.md 4: never [tokens x vocab]).
 constexpr int64_t kHeadChunkBytes = 64ll << 20;
@@ -180,6 +184,8 @@ Qwen2Model::Qwen2Model(std::shared_ptr<Context> ctx, const ModelConfig& cfg) : c
     }
   }
   init_lora(cfg_.lora.seed);
+  const char* prof = std::getenv("QN_MODEL_PROFILE");
+  profiling_ = prof && *prof && std::string(prof) != "0";
   scalar_f32_ = Tensor::empty(ctx_, DType::F32, {1});
   scalar_i32_ = Tensor::empty(ctx_, DType::I32, {1});
 }
@@ -460,6 +466,36 @@ Qwen2Model::Acts Qwen2Model::acts_for(int slot, int64_t m, bool training) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// profiling (QN_MODEL_PROFILE=1: per-op wall time of each call, printed to stderr; on CUDA every
+// tick synchronizes, so only use it to see where time goes)
+
+void Qwen2Model::tick(const char* name) {
+  if (!profiling_) return;
+  if (ctx_->device().type != DeviceType::CPU) ctx_->synchronize();
+  const auto now = std::chrono::steady_clock::now();
+  prof_[name] += std::chrono::duration<double>(now - last_tick_).count();
+  last_tick_ = now;
+}
+
+void Qwen2Model::profile_begin() {
+  if (!profiling_) return;
+  prof_.clear();
+  last_tick_ = std::chrono::steady_clock::now();
+}
+
+void Qwen2Model::profile_end(const char* what, int64_t tokens) {
+  if (!profiling_) return;
+  tick("other");
+  double total = 0;
+  for (const auto& kv : prof_) total += kv.second;
+  std::vector<std::pair<double, std::string>> v;
+  for (const auto& kv : prof_) v.push_back({kv.second, kv.first});
+  std::sort(v.rbegin(), v.rend());
+  std::fprintf(stderr, "[qn model profile] %s, %lld tokens: %.3f s\n", what, static_cast<long long>(tokens), total);
+  for (const auto& e : v) std::fprintf(stderr, "  %-16s %8.2f ms  %5.1f%%\n", e.second.c_str(), e.first * 1e3, 100 * e.first / total);
+}
+
+// ---------------------------------------------------------------------------------------------
 // forward / backward
 
 uint64_t Qwen2Model::dropout_seed(int layer, int module) const {
@@ -556,14 +592,19 @@ void Qwen2Model::layer_forward(int l, const Ctx& c, const Tensor& x, Acts& a, co
                            dropout_seed(l, m));
   };
   rmsnorm_forward(cx, RmsNormForwardArgs{x, L.in_norm, a.hn1, a.rstd1, cfg_.rms_eps});
+  tick("norm");
   lora_linear_forward(cx, LoraLinearForwardArgs{desc(kQ), a.hn1, a.q, a.u[kQ], false});
+  tick("fwd.q_proj");
   lora_linear_forward(cx, LoraLinearForwardArgs{desc(kK), a.hn1, a.k, a.u[kK], false});
+  tick("fwd.k_proj");
   lora_linear_forward(cx, LoraLinearForwardArgs{desc(kV), a.hn1, a.v, a.u[kV], false});
+  tick("fwd.v_proj");
   const int64_t hd = cfg_.head_dim;
   Tensor q4 = a.q.reshape({c.b, c.t, cfg_.heads, hd});
   Tensor k4 = a.k.reshape({c.b, c.t, cfg_.kv_heads, hd});
   Tensor v4 = a.v.reshape({c.b, c.t, cfg_.kv_heads, hd});
   rope_forward(cx, RopeArgs{q4, k4, c.pos, cfg_.rope_theta});
+  tick("rope");
   AttentionForwardArgs at;
   at.q = q4;
   at.k = k4;
@@ -573,15 +614,25 @@ void Qwen2Model::layer_forward(int l, const Ctx& c, const Tensor& x, Acts& a, co
   at.lse = a.lse;
   at.causal = true;
   attention_forward(cx, at);
+  tick("attn_fwd");
   if (c.any_masked_rows) hf_masked_rows_forward(cx, v4, at.out, c.first_real);
+  tick("masked_rows");
   cx.copy(a.x2.raw(), x.raw(), x.nbytes());
+  tick("copy");
   lora_linear_forward(cx, LoraLinearForwardArgs{desc(kO), a.attn, a.x2, a.u[kO], true});
+  tick("fwd.o_proj");
   rmsnorm_forward(cx, RmsNormForwardArgs{a.x2, L.post_norm, a.hn2, a.rstd2, cfg_.rms_eps});
+  tick("norm");
   lora_linear_forward(cx, LoraLinearForwardArgs{desc(kGate), a.hn2, a.g, a.u[kGate], false});
+  tick("fwd.gate_proj");
   lora_linear_forward(cx, LoraLinearForwardArgs{desc(kUp), a.hn2, a.up, a.u[kUp], false});
+  tick("fwd.up_proj");
   swiglu_forward(cx, SwigluForwardArgs{a.g, a.up, a.a});
+  tick("swiglu");
   cx.copy(out.raw(), a.x2.raw(), out.nbytes());
+  tick("copy");
   lora_linear_forward(cx, LoraLinearForwardArgs{desc(kDown), a.a, out, a.u[kDown], true});
+  tick("fwd.down_proj");
 }
 
 // dx holds the gradient wrt this layer's output on entry and wrt its input on exit (layer 0 stops
@@ -607,15 +658,18 @@ void Qwen2Model::layer_backward(int l, const Ctx& c, const Tensor& x, Acts& a, c
     b.grad_a = v.ga;
     b.grad_b = v.gb;
     lora_linear_backward(cx, b);
+    tick(kBwdNames[mod]);
   };
   Tensor da = ws("B.da", d, {m, I});
   Tensor dhn = ws("B.dhn", d, {m, H});
   // MLP
   bwd(kDown, a.a, dx, da, false);
   swiglu_backward(cx, SwigluBackwardArgs{a.g, a.up, da, a.g, a.up});  // dgate -> g, dup -> up (in place)
+  tick("swiglu");
   bwd(kGate, a.hn2, a.g, dhn, false);
   bwd(kUp, a.hn2, a.up, dhn, true);
   rmsnorm_backward(cx, RmsNormBackwardArgs{a.x2, L.post_norm, a.rstd2, dhn, dx, true, Tensor()});
+  tick("norm");
   // attention
   Tensor dattn = ws("B.dattn", d, {m, cfg_.q_dim()});
   bwd(kO, a.attn, dx, dattn, false);
@@ -635,15 +689,19 @@ void Qwen2Model::layer_backward(int l, const Ctx& c, const Tensor& x, Acts& a, c
   ab.dv = dv;
   ab.causal = true;
   attention_backward(cx, ab);
+  tick("attn_bwd");
   if (c.any_masked_rows)
     hf_masked_rows_backward(cx, ab.q, ab.k, ab.v, ab.dout, dq, dk, dv, 1.f / std::sqrt(static_cast<float>(hd)), c.first_real);
+  tick("masked_rows");
   rope_backward(cx, RopeArgs{dq, dk, c.pos, cfg_.rope_theta});
+  tick("rope");
   const bool need_dx = l > 0;
   Tensor dq2 = dq.reshape({m, cfg_.q_dim()}), dk2 = dk.reshape({m, cfg_.kv_dim()}), dv2 = dv.reshape({m, cfg_.kv_dim()});
   bwd(kQ, a.hn1, dq2, need_dx ? dhn : Tensor(), false);
   bwd(kK, a.hn1, dk2, need_dx ? dhn : Tensor(), true);
   bwd(kV, a.hn1, dv2, need_dx ? dhn : Tensor(), true);
   if (need_dx) rmsnorm_backward(cx, RmsNormBackwardArgs{x, L.in_norm, a.rstd1, dhn, dx, true, Tensor()});
+  tick("norm");
 }
 
 LossResult Qwen2Model::head_loss(const Ctx& c, const Tensor& x, const Tensor& dx, float grad_scale,
@@ -656,6 +714,7 @@ LossResult Qwen2Model::head_loss(const Ctx& c, const Tensor& x, const Tensor& dx
   Tensor hf = ws("H.hf", d, {m, H});
   Tensor rstd = ws("H.rstd", DType::F32, {m});
   rmsnorm_forward(cx, RmsNormForwardArgs{x, final_norm_, hf, rstd, cfg_.rms_eps});
+  tick("norm");
   Tensor dhf = grad ? ws("H.dhf", d, {m, H}) : Tensor();
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(m, kHeadChunkBytes / (V * 4)));
   Tensor row_loss = c.tgt.defined() ? ws("H.rowloss", DType::F32, {m}) : Tensor();
@@ -673,6 +732,7 @@ LossResult Qwen2Model::head_loss(const Ctx& c, const Tensor& x, const Tensor& dx
     g.c = lg;
     g.trans_b = true;
     gemm(cx, g);
+    tick("head_gemm_fwd");
     if (logits_out) ctx_->copy_to_host(logits_out->data() + r0 * V, lg.raw(), lg.nbytes());
     if (!c.tgt.defined()) continue;
     CrossEntropyArgs ce;
@@ -684,17 +744,20 @@ LossResult Qwen2Model::head_loss(const Ctx& c, const Tensor& x, const Tensor& dx
     ce.grad_scale = grad_scale;
     ce.compute_grad = grad;
     cross_entropy(cx, ce);
+    tick("ce");
     if (!grad) continue;
     Tensor dl = lg;
     if (d != DType::F32) {
       dl = ws("H.dlogits16", d, {n, V});
       cast(cx, CastArgs{lg, dl});
+      tick("head_cast");
     }
     GemmArgs gb;
     gb.a = dl;
     gb.b = W;
     gb.c = dhf.slice_rows(r0, r1);
     gemm(cx, gb);
+    tick("head_gemm_bwd");
   }
   LossResult res;
   if (c.tgt.defined()) {
@@ -705,18 +768,22 @@ LossResult Qwen2Model::head_loss(const Ctx& c, const Tensor& x, const Tensor& dx
     res.tokens = c.tokens;
   }
   if (grad) rmsnorm_backward(cx, RmsNormBackwardArgs{x, final_norm_, rstd, dhf, dx, false, Tensor()});
+  tick("norm");
   return res;
 }
 
 LossResult Qwen2Model::run(const HostBatch& b, bool training, float grad_scale, std::vector<float>* logits_out) {
   if (!finalized_) fail(ErrorCode::Arg, "Model: weights are not loaded (call finalizeLoad() after the last setWeight)");
+  profile_begin();
   Ctx c = make_ctx(b, training || !logits_out);
   c.training = training;
+  tick("inputs");
   const int64_t m = c.m, H = cfg_.hidden;
   const DType d = cfg_.compute;
   const int nl = static_cast<int>(cfg_.layers);
   Tensor x0 = ws(training ? "X.0" : "E.x0", d, {m, H});
   embedding(*ctx_, EmbeddingArgs{embed_, c.ids, x0});
+  tick("embed");
   if (!training) {
     Tensor xa = x0, xb = ws("E.x1", d, {m, H});
     Acts a = acts_for(0, m, false);
@@ -725,7 +792,9 @@ LossResult Qwen2Model::run(const HostBatch& b, bool training, float grad_scale, 
       layer_forward(l, c, xa, a, xb, false);
       std::swap(xa, xb);
     }
-    return head_loss(c, xa, Tensor(), 1.f, logits_out);
+    LossResult res = head_loss(c, xa, Tensor(), 1.f, logits_out);
+    profile_end(logits_out ? "logits" : "evalLoss", c.m);
+    return res;
   }
   ++micro_step_;
   const bool ckpt = cfg_.grad_checkpointing;
@@ -746,6 +815,7 @@ LossResult Qwen2Model::run(const HostBatch& b, bool training, float grad_scale, 
     if (ckpt) layer_forward(l, c, X[l], a, scratch_out, true);  // recompute this layer's activations
     layer_backward(l, c, X[l], a, dx);
   }
+  profile_end("accumulate", c.m);
   return res;
 }
 

@@ -16,6 +16,7 @@
 // padding; `grads` has the same layout (one optimizer launch, one all-reduce for data parallel).
 #pragma once
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -235,6 +236,13 @@ class Qwen2Model {
   uint64_t micro_step_ = 0;  // dropout stream counter (one per accumulate call)
 
   std::map<std::string, Tensor> workspace_;
+  // QN_MODEL_PROFILE
+  void tick(const char* name);
+  void profile_begin();
+  void profile_end(const char* what, int64_t tokens);
+  bool profiling_ = false;
+  std::chrono::steady_clock::time_point last_tick_;
+  std::map<std::string, double> prof_;
   Tensor scalar_f32_, scalar_i32_;  // small device scratch
 };
 

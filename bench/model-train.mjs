@@ -1,0 +1,107 @@
+// Forward+backward throughput of the Qwen2 model on the CPU (issue 4 benchmark), with the peer
+// (transformers + PEFT on torch CPU, bench/peer_transformers.py) run on the same model folder,
+// batch, length and thread count in the same run, and the ratio printed.
+//
+//   node bench/model-train.mjs [--preset qwen2.5-0.5b] [--dir DIR] [--batch 1] [--seq 256]
+//        [--threads 2] [--steps 3] [--warmup 1] [--r 16] [--modes nf4-bf16,nf4-f32] [--no-peer]
+//        [--device cpu] [--ckpt]
+// Needs the addon (QN_ADDON_PATH or the package build) and dist/ (npm run build:ts).
+// The model folder (random bf16 weights, ~1 GB for 0.5B) is written once under the OS temp dir.
+import os from "node:os";
+import path from "node:path";
+import { spawnSync } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { openSession, setNumThreads } from "../dist/index.js";
+import { loadModel } from "../dist/model/index.js";
+import { PRESETS, writeRandomQwen } from "./model-random.mjs";
+
+function arg(name, dflt) {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1] : dflt;
+}
+const flag = (name) => process.argv.includes(`--${name}`);
+
+const preset = arg("preset", "qwen2.5-0.5b");
+const dir = arg("dir", path.join(os.tmpdir(), `qn-bench-${preset}`));
+const B = Number(arg("batch", 1));
+const T = Number(arg("seq", 256));
+const threads = Number(arg("threads", 2));
+const steps = Number(arg("steps", 3));
+const warmup = Number(arg("warmup", 1));
+const r = Number(arg("r", 16));
+const modes = arg("modes", "nf4-bf16,nf4-f32").split(",");
+const device = arg("device", "cpu");
+const here = path.dirname(fileURLToPath(import.meta.url));
+
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const mb = (x) => `${(x / 2 ** 20).toFixed(0)} MB`;
+
+console.log(`model bench: ${preset} (${JSON.stringify(PRESETS[preset])}), batch ${B} x ${T}, ${threads} threads, LoRA r=${r} on all 7 modules`);
+let t0 = performance.now();
+await writeRandomQwen(dir, PRESETS[preset]);
+console.log(`model folder ${dir} ready (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+setNumThreads(threads);
+
+const ours = {};
+for (const mode of modes) {
+  const [quantization, computeDtype] = mode.split("-");
+  const session = openSession(device);
+  t0 = performance.now();
+  const model = await loadModel(dir, {
+    session,
+    computeDtype,
+    quantization,
+    gradientCheckpointing: flag("ckpt"),
+    lora: { r, alpha: 2 * r, dropout: 0, targets: "all-linear", seed: 1 },
+  });
+  const loadS = (performance.now() - t0) / 1000;
+  const ids = new Int32Array(B * T).map((_, i) => (i * 7919 + 13) % PRESETS[preset].vocab_size);
+  const batch = { inputIds: ids, attentionMask: new Int32Array(B * T).fill(1), labels: ids, batchSize: B, seqLen: T };
+  const times = [];
+  const fwd = [];
+  for (let i = 0; i < warmup + steps; i++) {
+    const a = performance.now();
+    await model.accumulate(batch, 1 / (B * (T - 1)));
+    const dt = (performance.now() - a) / 1000;
+    if (i >= warmup) times.push(dt);
+  }
+  for (let i = 0; i < Math.max(1, steps - 1); i++) {
+    const a = performance.now();
+    await model.evalLoss(batch);
+    fwd.push((performance.now() - a) / 1000);
+  }
+  const mr = model.memoryReport();
+  ours[mode] = { tokensPerS: (B * T) / median(times), stepS: times, fwdS: median(fwd), loadS, memory: mr };
+  console.log(
+    `ours ${mode}: ${ours[mode].tokensPerS.toFixed(1)} tok/s fwd+bwd (steps ${times.map((x) => x.toFixed(2)).join(", ")} s; forward only ${median(fwd).toFixed(2)} s; ` +
+      `load ${loadS.toFixed(1)} s; weights ${mb(mr.weights)}, adapters ${mb(mr.adapters)}, activations ${mb(mr.activations)}, peak ${mb(mr.peak)})`,
+  );
+  model.dispose();
+  session.dispose();
+}
+
+const peer = {};
+if (!flag("no-peer")) {
+  const res = spawnSync("python3", [path.join(here, "peer_transformers.py"), "--model", dir, "--batch", String(B), "--seq", String(T), "--threads", String(threads), "--steps", String(steps), "--warmup", String(warmup), "--r", String(r)], { encoding: "utf8", maxBuffer: 1 << 24 });
+  if (res.status !== 0) {
+    console.log(`peer failed (exit ${res.status}): ${(res.stderr || "").trim().split("\n").slice(-3).join(" | ")}`);
+  } else {
+    for (const line of res.stdout.trim().split("\n")) {
+      try {
+        const j = JSON.parse(line);
+        peer[j.dtype] = j;
+        console.log(`peer transformers+PEFT ${j.dtype}: ${j.tokens_per_s.toFixed(1)} tok/s (steps ${j.step_s.map((x) => x.toFixed(2)).join(", ")} s)`);
+      } catch {
+        /* not a result line */
+      }
+    }
+  }
+}
+
+console.log("\n| ours | tok/s | peer fp32 tok/s | ratio | peer bf16 tok/s | ratio |\n|---|---|---|---|---|---|");
+for (const [mode, o] of Object.entries(ours)) {
+  const p32 = peer.float32?.tokens_per_s, p16 = peer.bfloat16?.tokens_per_s;
+  const f = (p) => (p ? `${p.toFixed(1)} | ${(o.tokensPerS / p).toFixed(2)}x` : "- | -");
+  console.log(`| ${mode} | ${o.tokensPerS.toFixed(1)} | ${f(p32)} | ${f(p16)} |`);
+}
+console.log(JSON.stringify({ bench: "model-train", preset, batch: B, seq: T, threads, r, ours, peer }));
