@@ -350,7 +350,10 @@ Napi::Value ModelWrap::SetNf4Weight(const Napi::CallbackInfo& info) {
   Napi::Value codes = o.Get("codes");
   if (!IsTyped(codes, napi_uint8_array)) BadKey(env, fn, "codes", "a Uint8Array", codes);
   p.codes = CopyTyped<uint8_t>(codes);
-  Napi::Value am = o.Get("absmax");
+  // double quant: absmaxQ (u8 codes; or a Uint8Array `absmax`) + nestedAbsmax/nestedMap/nestedOffset;
+  // plain: absmax f32 (ts/nf4 Nf4HostWeight field names)
+  Napi::Value am = o.Get("absmaxQ");
+  if (am.IsUndefined() || am.IsNull()) am = o.Get("absmax");
   if (IsTyped(am, napi_float32_array)) {
     p.nested = false;
     p.absmax = CopyTyped<float>(am);
@@ -367,7 +370,7 @@ Napi::Value ModelWrap::SetNf4Weight(const Napi::CallbackInfo& info) {
     const int64_t nbs = 256;
     p.nested_blocksize = static_cast<int>(GetInt(o, fn, "nestedBlocksize", 1, 1 << 20, &nbs));
   } else {
-    BadKey(env, fn, "absmax", "a Float32Array or (double quant) a Uint8Array", am);
+    BadKey(env, fn, "absmax", "a Float32Array, or (double quant) absmaxQ as a Uint8Array", am);
   }
   Napi::Value qm = o.Get("quantMap");
   if (!qm.IsUndefined() && !qm.IsNull()) {

@@ -2,5 +2,4 @@
 export { loadModel, nativeModelOptions, type LoadModelOptions } from "./load.js";
 export { QwenModel } from "./qwen-model.js";
 export { readHfConfig, parseHfConfig, type ModelArch } from "./hf-config.js";
-export { readBnbNf4Parts, isBnbAuxiliary } from "./bnb.js";
 export * from "./native-model.js";

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { QloraError } from "../errors.js";
 import { Checkpoint, type StTensorInfo } from "../io/safetensors.js";
 import { native, type NativeSession } from "../native.js";
-import { readBnbNf4Parts, bnbAuxiliaryNames, isBnbAuxiliary } from "./bnb.js";
+import { bnbNames, isBnbAuxiliary, nf4Tables, readNf4Weight } from "../nf4/index.js";
 import { readHfConfig, type ModelArch } from "./hf-config.js";
 import { LORA_TARGETS, type LoraTarget, type NativeModel, type NativeModelClass, type NativeModelOptions } from "./native-model.js";
 import { QwenModel } from "./qwen-model.js";
@@ -139,11 +139,11 @@ async function streamWeights(
       if (name === "lm_head.weight" && arch.tieWordEmbeddings) continue;  // tied: the embedding is the head
       throw fmt(info.file, `unexpected tensor '${name}' for a ${arch.modelType} model with ${arch.numLayers} layers (${cfgFile})`);
     }
-    const quantState = bnbAuxiliaryNames(name).quantState;
+    const quantState = bnbNames(name).quantState;
     try {
       if (have.has(quantState)) {
         if (!w.linear) throw fmt(info.file, `tensor '${name}' is 4-bit quantized but only decoder linear weights can be`);
-        const parts = await readBnbNf4Parts(ckpt, name);
+        const parts = await readNf4Weight(ckpt, name, nf4Tables().codes);
         if (!sameShape(parts.shape, w.shape))
           throw fmt(info.file, `tensor '${name}' has shape ${dims(parts.shape)} (quant_state) but ${cfgFile} implies ${dims(w.shape)}`);
         await model.setNf4Weight(name, parts);

@@ -2,6 +2,7 @@
 // Heavy calls run on the session's ordered queue and return promises; argument checks throw a
 // QloraError synchronously (E_ARG, E_SHAPE, E_DTYPE, ...).
 import type { NativeSession } from "../native.js";
+import type { Nf4HostWeight } from "../nf4/bnb.js";
 
 export type LoraTarget = "q_proj" | "k_proj" | "v_proj" | "o_proj" | "gate_proj" | "up_proj" | "down_proj";
 export const LORA_TARGETS: readonly LoraTarget[] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
@@ -92,24 +93,9 @@ export interface LoraTensorData {
   data: Float32Array;
 }
 
-/** bitsandbytes 4-bit parts of one linear weight, as stored in a `load_in_4bit` checkpoint. */
-export interface Nf4Parts {
-  /** logical weight shape [out, in] */
-  shape: number[];
-  blocksize: number;
-  /** packed codes, ceil(n/2) bytes (even element in the high nibble) */
-  codes: Uint8Array;
-  /** f32 block scales (no double quant) or u8 codes into nestedMap (double quant) */
-  absmax: Float32Array | Uint8Array;
-  /** 16-entry code table (must be NF4's) */
-  quantMap?: Float32Array;
-  /** double quant: f32 [ceil(nblocks / nestedBlocksize)] */
-  nestedAbsmax?: Float32Array;
-  /** double quant: f32 [256] */
-  nestedMap?: Float32Array;
-  nestedOffset?: number;
-  nestedBlocksize?: number;
-}
+/** bitsandbytes 4-bit parts of one linear weight: ts/nf4's host weight (readNf4Weight). Plain:
+ * `absmax` f32; double quant: `absmaxQ` u8 + nestedAbsmax, nestedMap, nestedOffset. */
+export type Nf4Parts = Pick<Nf4HostWeight, "shape" | "blocksize" | "codes" | "absmax" | "absmaxQ" | "nestedAbsmax" | "nestedMap" | "nestedOffset" | "nestedBlocksize" | "quantMap">;
 
 export interface ExpectedWeight {
   name: string;
