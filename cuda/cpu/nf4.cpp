@@ -5,8 +5,9 @@
 //   quantize:   per block, max of |x| as integer bit patterns (exact), inv = 1/absmax (divss), 15
 //               compares of x*inv with the thresholds (AVX-512: masked adds) -> 4-bit code.
 //   dequantize: the 16 code values are scaled by the block scale once (the same f32 product as a
-//               per-element multiply) and looked up with a permute (AVX-512: vpermps over 16
-//               lanes; AVX2: two 8-lane permutes + blend); bf16 by integer round-to-nearest-even.
+//               per-element multiply), rounded to bf16 once per block when bf16 is wanted, and
+//               looked up with a permute (AVX-512: vpermps over 16 f32 lanes, vpermw over the
+//               bf16 words; AVX2: two 8-lane permutes + blend, then integer round-to-nearest-even).
 //               Large whole-matrix outputs use streaming stores (no read-for-ownership).
 // GCC 12 reports _mm512_undefined_* inside the AVX-512 intrinsics as maybe-uninitialized (a known
 // false positive of target-attribute functions at -O3).
@@ -311,6 +312,13 @@ __attribute__((target("avx512f,avx512bw"))) inline __m256i bf16_rne_avx512(__m51
   return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
 }
 
+// The 16 scaled code values as bf16 words, twice (words 0-15 and 16-31, so vpermw may read 5
+// index bits): rounding the table once is the same as rounding every product.
+__attribute__((target("avx512f,avx512bw"))) inline __m512i bf16_table_avx512(__m512 scaled) {
+  const __m256i t = bf16_rne_avx512(scaled);
+  return _mm512_inserti64x4(_mm512_castsi256_si512(t), t, 1);
+}
+
 template <bool BF16, bool STREAM>
 __attribute__((target("avx512f,avx512bw"))) void deq_avx512(const HostView& v, int64_t e0, int64_t e1, void* o) {
   constexpr size_t es = BF16 ? 2 : 4;
@@ -319,6 +327,7 @@ __attribute__((target("avx512f,avx512bw"))) void deq_avx512(const HostView& v, i
   char* ob = static_cast<char*>(o) - e0 * static_cast<int64_t>(es);  // element e at ob + e * es
   const __m512 codes16 = _mm512_loadu_ps(kNf4Codes);
   __m512 table = codes16;
+  __m512i table16 = _mm512_setzero_si512();
   int64_t cur = -1;
   int64_t e = head;
   for (; e + 32 <= e1; e += 32) {
@@ -326,8 +335,20 @@ __attribute__((target("avx512f,avx512bw"))) void deq_avx512(const HostView& v, i
     if (b != cur) {
       cur = b;
       table = _mm512_mul_ps(codes16, _mm512_set1_ps(v.scale(b)));
+      if (BF16) table16 = bf16_table_avx512(table);
     }
     const __m128i b16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(v.codes + (e >> 1)));
+    char* p = ob + e * static_cast<int64_t>(es);
+    if (BF16) {
+      // dword k = byte k: word 2k = byte >> 4 (even element), word 2k+1 = byte (odd element; vpermw
+      // reads its low 5 bits, and the table repeats after 16).
+      const __m512i d = _mm512_cvtepu8_epi32(b16);
+      const __m512i idx = _mm512_or_si512(_mm512_srli_epi32(d, 4), _mm512_slli_epi32(d, 16));
+      const __m512i h = _mm512_permutexvar_epi16(idx, table16);
+      if (STREAM) _mm512_stream_si512(reinterpret_cast<__m512i*>(p), h);
+      else _mm512_storeu_si512(p, h);
+      continue;
+    }
     const __m512i q0 = _mm512_cvtepu8_epi64(b16);
     const __m512i q1 = _mm512_cvtepu8_epi64(_mm_srli_si128(b16, 8));
     // dword 2k = byte >> 4 (even element), dword 2k+1 = byte (vpermps reads its low 4 bits).
@@ -335,12 +356,7 @@ __attribute__((target("avx512f,avx512bw"))) void deq_avx512(const HostView& v, i
     const __m512i i1 = _mm512_or_si512(_mm512_srli_epi64(q1, 4), _mm512_slli_epi64(q1, 32));
     const __m512 v0 = _mm512_permutexvar_ps(i0, table);
     const __m512 v1 = _mm512_permutexvar_ps(i1, table);
-    char* p = ob + e * static_cast<int64_t>(es);
-    if (BF16) {
-      const __m512i h = _mm512_inserti64x4(_mm512_castsi256_si512(bf16_rne_avx512(v0)), bf16_rne_avx512(v1), 1);
-      if (STREAM) _mm512_stream_si512(reinterpret_cast<__m512i*>(p), h);
-      else _mm512_storeu_si512(p, h);
-    } else if (STREAM) {
+    if (STREAM) {
       _mm512_stream_ps(reinterpret_cast<float*>(p), v0);
       _mm512_stream_ps(reinterpret_cast<float*>(p) + 16, v1);
     } else {
