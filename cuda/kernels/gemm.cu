@@ -10,6 +10,7 @@
 //   Tiles are loaded element-wise with bounds checks (any size, transposes, alignment), so these
 //   kernels favour generality over peak speed; they are the fallback, not the fast path.
 #include <mma.h>
+#include <atomic>
 #include <cstdlib>
 #include "cuda_common.cuh"
 #include "qn/ops/gemm.h"
@@ -159,12 +160,17 @@ bool no_cublaslt_env() {
   return v;
 }
 
+std::atomic<bool> g_fallback_only{false};
+
 }  // namespace
+
+// Testing hook: true routes every gemm to the kernels above (as without cuBLASLt).
+void gemm_set_fallback_only(bool on) { g_fallback_only = on; }
 
 void gemm(Context& ctx, const GemmArgs& g) {
   const GemmDims d = check_gemm(g);
   if (d.m == 0 || d.n == 0) return;
-  if (!no_cublaslt_env() && cublaslt_gemm(ctx, g, d)) return;
+  if (!no_cublaslt_env() && !g_fallback_only && cublaslt_gemm(ctx, g, d)) return;
   GemmParams p{g.a.raw(), g.b.raw(), g.c.raw(), g.bias.defined() ? g.bias.raw() : nullptr,
                g.bias.defined() && g.bias.dtype() == DType::BF16, d.m, d.n, d.k, g.trans_a, g.trans_b, g.alpha, g.beta};
   const long long gy = (d.m + 63) / 64, gx = (d.n + 63) / 64;

@@ -143,6 +143,25 @@ QN_TEST(gemm_cpu_kernels_every_isa) {
   cpu::gemm_impl::set_isa_limit(nullptr);
 }
 
+#ifdef QN_WITH_CUDA
+namespace qn {
+namespace cuda {
+void gemm_set_fallback_only(bool on);  // cuda/kernels/gemm.cu
+}
+}  // namespace qn
+#endif
+
+QN_TEST(gemm_cuda_fallback_kernels) {
+  // The CUDA kernels used without cuBLASLt (WMMA bf16, fp32 tiles), against the f64 reference.
+  if (!testing_cuda()) return;
+#ifdef QN_WITH_CUDA
+  qn::cuda::gemm_set_fallback_only(true);
+  const std::vector<Case> cases = all_cases();
+  for (size_t i = 0; i < cases.size(); i += 2) run_case(test_ctx(), cases[i], 3000 + i);
+  qn::cuda::gemm_set_fallback_only(false);
+#endif
+}
+
 QN_TEST(gemm_cuda_matches_cpu) {
   if (!testing_cuda()) return;
   // The same random inputs on both devices (salts equal), outputs compared with each other.
