@@ -723,8 +723,24 @@ LossResult Qwen2Model::head_loss(const Ctx& c, const Tensor& x, const Tensor& dx
     ctx_->memset(scalar_i32_.raw(), 0, 4);
   }
   if (logits_out) logits_out->resize(static_cast<size_t>(m * V));
-  for (int64_t r0 = 0; r0 < m; r0 += chunk) {
-    const int64_t r1 = std::min(m, r0 + chunk), n = r1 - r0;
+  // Row ranges to run the head on: every row for logits(); otherwise only runs of rows that have a
+  // target (padding and each row's last position are skipped), cut into chunks.
+  std::vector<std::pair<int64_t, int64_t>> chunks;
+  for (int64_t r = 0; r < m;) {
+    if (!logits_out && c.host_tgt[static_cast<size_t>(r)] == -100) {
+      ++r;
+      continue;
+    }
+    int64_t e = r;
+    while (e < m && e - r < chunk && (logits_out || c.host_tgt[static_cast<size_t>(e)] != -100)) ++e;
+    chunks.push_back({r, e});
+    r = e;
+  }
+  int64_t covered = 0;
+  for (const auto& ch : chunks) covered += ch.second - ch.first;
+  if (grad && covered < m) ctx_->memset(dhf.raw(), 0, dhf.nbytes());  // rows without a target: no gradient
+  for (const auto& ch : chunks) {
+    const int64_t r0 = ch.first, r1 = ch.second, n = r1 - r0;
     Tensor lg = ws("H.logits", DType::F32, {n, V});
     GemmArgs g;
     g.a = hf.slice_rows(r0, r1);
