@@ -38,13 +38,6 @@ cublasLtHandle_t handle_for(int device) {
   if (it != g_handles.end()) return it->second;
   cublasLtHandle_t h = nullptr;
   const cublasStatus_t st = cublaslt().Create(&h);
-  if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) {
-    // Refused before launching (an algorithm/attribute combination it does not take): forget the
-    // algorithm and let gemm.cu run its own kernels.
-    std::lock_guard<std::mutex> lk(g_mu);
-    g_algos.erase(key);
-    return false;
-  }
   QN_CHECK(st == CUBLAS_STATUS_SUCCESS, Cuda, "cublasLtCreate failed (status " + std::to_string(int(st)) + ")");
   g_handles[device] = h;
   return h;
@@ -143,6 +136,13 @@ bool cublaslt_gemm(Context& ctx, const GemmArgs& g, const GemmDims& d) {
   const float alpha = g.alpha, beta = g.beta;
   const cublasStatus_t st = api.Matmul(h, ds.op, &alpha, g.b.raw(), ds.la, g.a.raw(), ds.lb, &beta, g.c.raw(), ds.lc,
                                        g.c.raw(), ds.lc, &algo, ws.raw(), kWorkspaceBytes, stream_of(ctx));
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) {
+    // Refused before launching (an algorithm/attribute combination it does not take): forget the
+    // algorithm and let gemm.cu run its own kernels.
+    std::lock_guard<std::mutex> lk(g_mu);
+    g_algos.erase(key);
+    return false;
+  }
   if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) {
     // Refused before launching (an algorithm/attribute combination it does not take): forget the
     // algorithm and let gemm.cu run its own kernels.
