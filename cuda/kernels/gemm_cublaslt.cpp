@@ -143,13 +143,6 @@ bool cublaslt_gemm(Context& ctx, const GemmArgs& g, const GemmDims& d) {
     g_algos.erase(key);
     return false;
   }
-  if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) {
-    // Refused before launching (an algorithm/attribute combination it does not take): forget the
-    // algorithm and let gemm.cu run its own kernels.
-    std::lock_guard<std::mutex> lk(g_mu);
-    g_algos.erase(key);
-    return false;
-  }
   QN_CHECK(st == CUBLAS_STATUS_SUCCESS, Cuda,
            "cublasLtMatmul failed (status " + std::to_string(int(st)) + ") for gemm " + std::to_string(d.m) + " x " +
                std::to_string(d.n) + " x " + std::to_string(d.k));
