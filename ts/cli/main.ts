@@ -5,6 +5,8 @@ import { hideBin } from "yargs/helpers";
 import { QloraError } from "../errors.js";
 import { version } from "../version.js";
 import { doctorCommand } from "./doctor.js";
+import { quantizeCommand } from "./quantize.js";
+import { trainCommand } from "./train.js";
 
 export function reportError(e: unknown): number {
   if (process.env.QN_DEBUG) console.error(e);
@@ -21,6 +23,8 @@ export async function main(argv: string[] = hideBin(process.argv)): Promise<void
   const cli = yargs(argv)
     .scriptName("qlora-native")
     .version(version)
+    .command(trainCommand)
+    .command(quantizeCommand)
     .command(doctorCommand)
     .demandCommand(1, "name a command (see --help)")
     .strict()

@@ -1,0 +1,174 @@
+// train(): the library entry behind `qlora-native train`. Resolves the config, device, model and
+// data; loads the model with NF4 base weights and LoRA; runs the loop (ts/train/loop.ts) with
+// evaluation before and after, checkpoints and resume; writes the adapter (PEFT format),
+// trainer_state.json, plots and config.resolved.yaml into output.dir.
+import { mkdirSync } from "node:fs";
+import path from "node:path";
+import { loadConfig } from "../config/load.js";
+import { resolveModelPath } from "../config/resolve-model.js";
+import { saveResolvedConfig } from "../config/save.js";
+import type { ResolvedConfig } from "../config/types.js";
+import { buildExampleSets, TrainLoader } from "../data/loader.js";
+import { prepareDataset } from "../data/prepare.js";
+import { resolveDevice } from "../device.js";
+import { loadModel, type LoraTarget, type QwenModel } from "../model/index.js";
+import { native } from "../native.js";
+import { writePlots } from "../report/index.js";
+import { writeAdapter } from "../train/adapter.js";
+import { findLatestCheckpoint, loadCheckpoint, saveCheckpoint } from "../train/checkpoint.js";
+import { evaluateExamples, type EvalResult } from "../train/evaluate.js";
+import { runTrainingLoop, totalStepsFor, type LoopState } from "../train/loop.js";
+import { TrainerStateLog } from "../train/trainer-state.js";
+import type { LogEntry, TrainEvents } from "../train/types.js";
+import { openSession } from "../tensor.js";
+
+export interface TrainOptions extends TrainEvents {
+  /** a resolved config, or a YAML path plus overrides */
+  config?: ResolvedConfig;
+  configPath?: string;
+  set?: string[];
+  /** "latest" or a checkpoint folder */
+  resume?: string;
+  signal?: AbortSignal;
+  /** free-form progress lines (data preparation, loading) */
+  onInfo?(line: string): void;
+}
+
+export interface TrainResult {
+  outputDir: string;
+  adapterDir: string;
+  globalStep: number;
+  totalSteps: number;
+  trainLoss: number;
+  initialEval: EvalResult | null;
+  finalEval: EvalResult | null;
+  tokensPerSecond: number;
+  stoppedBy: "completed" | "abort" | "nonfinite";
+  peakMemoryBytes: number;
+  device: string;
+}
+
+export function loraConfigFor(config: ResolvedConfig, baseModel: string) {
+  const l = config.lora;
+  const targets = l.target_modules === "all-linear" ? ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] : [...l.target_modules];
+  return { r: l.r, alpha: l.alpha, dropout: l.dropout, targets, useRslora: l.use_rslora, baseModel };
+}
+
+export async function openModelFor(config: ResolvedConfig, device: string, info: (s: string) => void): Promise<{ model: QwenModel; modelDir: string }> {
+  const modelDir = resolveModelPath(config.model.name_or_path, config.model.revision);
+  if (config.advanced.threads > 0) native.setNumThreads(config.advanced.threads);
+  const session = openSession(device);
+  const lora = loraConfigFor(config, config.model.name_or_path);
+  info(`loading ${modelDir} (${config.model.quantization === "nf4" ? "NF4 base weights" : "dense base weights"}, ${config.model.compute_dtype}) on ${device}`);
+  const model = await loadModel(modelDir, {
+    session,
+    computeDtype: config.model.compute_dtype === "float32" ? "f32" : "bf16",
+    quantization: config.model.quantization,
+    quantBlocksize: config.model.quant_blocksize,
+    doubleQuant: config.model.double_quant,
+    gradientCheckpointing: config.training.gradient_checkpointing,
+    lora: { r: lora.r, alpha: lora.alpha, dropout: lora.dropout, targets: lora.targets as LoraTarget[], useRslora: lora.useRslora, seed: config.training.seed },
+  });
+  await model.initLora(config.training.seed);
+  return { model, modelDir };
+}
+
+export async function train(options: TrainOptions = {}): Promise<TrainResult> {
+  const config = options.config ?? (await loadConfig(options.configPath, { set: options.set }));
+  const info = options.onInfo ?? (() => {});
+  const device = resolveDevice(config.advanced.device, (m) => options.onWarning?.(m));
+  const outputDir = path.resolve(config.output.dir);
+  mkdirSync(outputDir, { recursive: true });
+  await saveResolvedConfig(config, outputDir);
+
+  info("preparing data");
+  const prepared = await prepareDataset(config, { log: info });
+  const sets = buildExampleSets(prepared, config);
+  const padId = prepared.tokenizer.padId;
+  info(`train: ${sets.train.length} examples; eval: ${sets.eval?.length ?? 0} examples (${prepared.stats.cacheHits} splits from the token cache)`);
+
+  const { model } = await openModelFor(config, device, info);
+  try {
+    const loader = TrainLoader.fromConfig(sets.train, config, padId);
+    const stateLog = new TrainerStateLog(outputDir);
+    const totalSteps = totalStepsFor(config, loader.batchesPerEpoch());
+    const state: LoopState = { globalStep: 0, nonFiniteRun: 0, skippedSteps: 0, logHistory: [], sampler: loader.state() };
+    let initialEval: EvalResult | null = null;
+
+    const resumeFrom = options.resume === "latest" ? findLatestCheckpoint(outputDir) : options.resume ? path.resolve(options.resume) : null;
+    if (options.resume === "latest" && !resumeFrom) info(`no checkpoint in ${outputDir}: starting from scratch`);
+    if (resumeFrom) {
+      const ck = await loadCheckpoint(resumeFrom);
+      for (const [key, t] of Object.entries(ck.adapter)) await model.setLora(key, t.data);
+      await model.setOptimizerState(ck.optimizer);
+      loader.restore(ck.dataPosition as never);
+      state.globalStep = ck.step;
+      state.logHistory = ck.logHistory as LogEntry[];
+      state.skippedSteps = ck.skippedSteps ?? 0;
+      state.sampler = loader.state();
+      info(`resumed from ${resumeFrom} at step ${ck.step}`);
+    } else if (sets.eval) {
+      info("evaluating before training");
+      initialEval = await evaluateExamples(model, sets.eval, { batchSize: config.training.per_device_eval_batch_size, padId, padding: config.data.padding, signal: options.signal });
+      const entry: LogEntry = { step: 0, epoch: 0, eval_loss: initialEval.eval_loss, eval_perplexity: initialEval.perplexity, eval_tokens: initialEval.eval_tokens };
+      state.logHistory.push(entry);
+      options.onEval?.(entry);
+    }
+
+    const writeLogs = async () => {
+      await stateLog.write({ logHistory: state.logHistory, globalStep: state.globalStep, config, maxSteps: totalSteps });
+      if (config.output.plot) await writePlots(outputDir, state.logHistory);
+    };
+    const saveCk = async (): Promise<string> => {
+      const adapter = await model.getLora();
+      const optimizer = await model.getOptimizerState();
+      return saveCheckpoint(outputDir, state.globalStep, {
+        adapter,
+        adapterConfig: loraConfigFor(config, config.model.name_or_path),
+        optimizer,
+        dataPosition: state.sampler,
+        logHistory: state.logHistory,
+        skippedSteps: state.skippedSteps,
+        seed: config.training.seed,
+        saveTotalLimit: config.output.save_total_limit,
+      });
+    };
+
+    const result = await runTrainingLoop({
+      config,
+      model,
+      loader,
+      evalSet: config.training.eval_strategy === "no" ? null : sets.eval,
+      padId,
+      device,
+      dataParallel: 1,
+      state,
+      events: options,
+      signal: options.signal,
+      memoryBytes: () => native.memoryStats(device).peak,
+      saveCheckpoint: saveCk,
+      writeLogs,
+    });
+
+    const adapterDir = outputDir;
+    if (result.stoppedBy === "completed") {
+      await writeAdapter(adapterDir, { loraWeights: await model.getLora(), config: loraConfigFor(config, config.model.name_or_path) });
+    }
+    await writeLogs();
+    return {
+      outputDir,
+      adapterDir,
+      globalStep: result.globalStep,
+      totalSteps: result.totalSteps,
+      trainLoss: result.trainLoss,
+      initialEval,
+      finalEval: result.lastEval,
+      tokensPerSecond: result.tokensPerSecond,
+      stoppedBy: result.stoppedBy,
+      peakMemoryBytes: native.memoryStats(device).peak,
+      device,
+    };
+  } finally {
+    model.dispose();
+  }
+}

@@ -1,0 +1,102 @@
+// `qlora-native train [--config FILE] [--set k=v ...] [--resume latest|PATH] [--json]`.
+// Without --config it runs the embedded demo on the CPU. Ctrl-C saves a checkpoint and exits.
+import path from "node:path";
+import type { CommandModule } from "yargs";
+import { train, type TrainResult } from "../api/train.js";
+import { loadConfig } from "../config/load.js";
+import { DEMO_OUTPUT_DIR, demoConfig } from "../demo/config.js";
+import { ensureDemoModel } from "../demo/model.js";
+import { QloraError } from "../errors.js";
+import { Progress } from "./progress.js";
+
+interface TrainArgs {
+  config?: string;
+  set: string[];
+  resume?: string;
+  json: boolean;
+}
+
+export const trainCommand: CommandModule<object, TrainArgs> = {
+  command: "train",
+  describe: "Fine-tune a model with QLoRA (no --config: a two-minute CPU demo)",
+  builder: (y) =>
+    y
+      .option("config", { type: "string", describe: "YAML config file (see configs/)" })
+      .option("set", { type: "string", array: true, default: [], describe: "override a key: --set training.max_steps=100" })
+      .option("resume", { type: "string", describe: '"latest" or a checkpoint folder' })
+      .option("json", { type: "boolean", default: false, describe: "print a JSON summary only" })
+      .example("$0 train", "run the embedded demo (tiny Qwen2 model, real tokenizer, CPU)")
+      .example("$0 train --config configs/qwen2.5-3b-wikitext2.yaml", "the flagship job")
+      .example("$0 train --config my.yaml --set training.max_steps=50 --resume latest", "continue a run"),
+  handler: async (argv) => {
+    const progress = Progress.for(process.stdout, argv.json);
+    const isDemo = !argv.config;
+    let config;
+    if (isDemo) {
+      progress.line("qlora-native demo: a small random Qwen2-architecture model with the Qwen2.5 tokenizer, NF4 base weights + LoRA, trained on the bundled corpus");
+      const modelDir = await ensureDemoModel(path.resolve(DEMO_OUTPUT_DIR, "base-model"));
+      config = await loadConfig(undefined, { base: demoConfig(modelDir), set: argv.set });
+    } else {
+      config = await loadConfig(argv.config, { set: argv.set });
+    }
+    const abort = new AbortController();
+    let interrupts = 0;
+    const onSigint = () => {
+      interrupts++;
+      if (interrupts === 1) {
+        progress.line("interrupt: finishing the current step, saving a checkpoint (Ctrl-C again to quit at once)");
+        abort.abort();
+      } else {
+        process.exit(130);
+      }
+    };
+    process.on("SIGINT", onSigint);
+    let totalSteps = 0;
+    let result: TrainResult;
+    try {
+      result = await train({
+        config,
+        resume: argv.resume,
+        signal: abort.signal,
+        onInfo: (l) => progress.line(l),
+        onWarning: (m) => (argv.json ? process.stderr.write(m + "\n") : progress.line(`warning: ${m}`)),
+        onStart: (s) => {
+          totalSteps = s.totalSteps;
+          progress.line(`training ${s.paramCount.toLocaleString("en-US")} LoRA parameters on ${s.device}: steps ${s.startStep}..${s.totalSteps}, effective batch B x K x D = ${s.effectiveBatch}`);
+        },
+        onStep: (s) => progress.step(s),
+        onLog: (e) => progress.log(e, totalSteps),
+        onEval: (e) => progress.log(e, totalSteps),
+        onSave: (dir) => progress.line(`checkpoint saved: ${dir}`),
+      });
+    } finally {
+      process.off("SIGINT", onSigint);
+      progress.clear();
+    }
+    const summary = {
+      output_dir: result.outputDir,
+      global_step: result.globalStep,
+      total_steps: result.totalSteps,
+      train_loss: result.trainLoss,
+      eval_loss_before: result.initialEval?.eval_loss ?? null,
+      perplexity_before: result.initialEval?.perplexity ?? null,
+      eval_loss: result.finalEval?.eval_loss ?? null,
+      perplexity: result.finalEval?.perplexity ?? null,
+      tokens_per_second: result.tokensPerSecond,
+      peak_memory_bytes: result.peakMemoryBytes,
+      stopped_by: result.stoppedBy,
+      device: result.device,
+    };
+    if (argv.json) {
+      process.stdout.write(JSON.stringify(summary) + "\n");
+    } else {
+      if (result.initialEval && result.finalEval) {
+        progress.line(`eval loss ${result.initialEval.eval_loss.toFixed(4)} -> ${result.finalEval.eval_loss.toFixed(4)}, perplexity ${result.initialEval.perplexity.toFixed(1)} -> ${result.finalEval.perplexity.toFixed(1)}`);
+      }
+      progress.line(result.stoppedBy === "abort" ? `stopped at step ${result.globalStep}; resume with --resume latest` : `adapter, trainer_state.json and training curves in ${result.outputDir}`);
+      if (isDemo) progress.line("next: the real job is  npx qlora-native train --config configs/qwen2.5-3b-wikitext2.yaml  (Qwen2.5-3B on WikiText-2; needs the model in the Hugging Face cache and a GPU)");
+    }
+    if (result.stoppedBy === "abort") process.exitCode = 130;
+    if (result.stoppedBy === "nonfinite") throw new QloraError("E_NONFINITE", "training stopped on non-finite values");
+  },
+};

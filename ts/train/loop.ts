@@ -1,0 +1,173 @@
+// The training loop: Hugging Face Trainer semantics on a TrainableModel.
+//   - B_eff = B x K x D; each optimizer step runs K micro-batches in ONE native call, the loss
+//     normalized by the non-ignored targets of the whole window;
+//   - lr per update k from the schedule (transformers' formulas), clipping by global norm;
+//   - logging every logging_steps (mean loss since the last log), eval every eval_steps and at
+//     the end, checkpoints every save_steps (rotated), SIGINT/abort -> checkpoint and clean exit;
+//   - non-finite steps are skipped and counted; nonfinite_patience in a row stops the run with a
+//     checkpoint of the last good state.
+import type { ResolvedConfig } from "../config/types.js";
+import type { Batch, ExampleSet } from "../data/batches.js";
+import type { TrainLoader } from "../data/loader.js";
+import type { SamplerState } from "../data/sampler.js";
+import { QloraError } from "../errors.js";
+import { evaluateExamples, type EvalResult } from "./evaluate.js";
+import { lrAt, warmupStepsFrom } from "./schedule.js";
+import { windowGradScale } from "./tokens.js";
+import type { LogEntry, OptimizerName, OptimOptions, TrainableModel, TrainEvents } from "./types.js";
+
+export interface LoopState {
+  /** optimizer steps completed */
+  globalStep: number;
+  /** consecutive non-finite steps */
+  nonFiniteRun: number;
+  /** total skipped steps */
+  skippedSteps: number;
+  logHistory: LogEntry[];
+  /** data order position after the last completed step */
+  sampler: SamplerState;
+}
+
+export interface LoopContext {
+  config: ResolvedConfig;
+  model: TrainableModel;
+  loader: TrainLoader;
+  evalSet: ExampleSet | null;
+  padId: number;
+  device: string;
+  dataParallel: number;
+  state: LoopState;
+  events: TrainEvents;
+  signal?: AbortSignal;
+  memoryBytes(): number;
+  /** writes a checkpoint of the current state; returns its folder */
+  saveCheckpoint(reason: "interval" | "interrupt" | "nonfinite" | "final"): Promise<string>;
+  /** writes trainer_state.json and plots */
+  writeLogs(): Promise<void>;
+}
+
+export interface LoopResult {
+  globalStep: number;
+  totalSteps: number;
+  trainLoss: number;
+  stoppedBy: "completed" | "abort" | "nonfinite";
+  lastEval: EvalResult | null;
+  tokensPerSecond: number;
+}
+
+export function optimizerName(optim: string): OptimizerName {
+  return optim === "adamw_torch" ? "adamw_32bit" : (optim as OptimizerName);
+}
+
+/** Optimizer steps the run will make (max_steps wins when > 0, as in transformers). */
+export function totalStepsFor(config: ResolvedConfig, batchesPerEpoch: number): number {
+  const t = config.training;
+  if (t.max_steps > 0) return t.max_steps;
+  const perEpoch = Math.max(1, Math.ceil(batchesPerEpoch / t.gradient_accumulation_steps));
+  return Math.max(1, Math.ceil(perEpoch * t.num_train_epochs));
+}
+
+const round = (x: number, digits = 6) => Number(x.toPrecision(digits));
+
+export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
+  const { config, model, loader, state, events } = ctx;
+  const t = config.training;
+  const K = t.gradient_accumulation_steps;
+  const batchesPerEpoch = loader.batchesPerEpoch();
+  const totalSteps = totalStepsFor(config, batchesPerEpoch);
+  const warmupSteps = warmupStepsFrom(t.warmup_steps, t.warmup_ratio, totalSteps);
+  const stepsPerEpoch = batchesPerEpoch / K;
+  const evalEvery = t.eval_strategy === "steps" ? t.eval_steps : t.eval_strategy === "epoch" ? Math.max(1, Math.round(stepsPerEpoch)) : 0;
+  const saveEvery = t.save_strategy === "steps" ? t.save_steps : t.save_strategy === "epoch" ? Math.max(1, Math.round(stepsPerEpoch)) : 0;
+  const patience = config.advanced.nonfinite_patience;
+
+  events.onStart?.({ totalSteps, startStep: state.globalStep, effectiveBatch: t.per_device_train_batch_size * K * ctx.dataParallel, paramCount: model.paramCount, device: ctx.device });
+
+  let logLossSum = 0;
+  let logSteps = 0;
+  let logTokens = 0;
+  let logStart = performance.now();
+  let runTokens = 0;
+  const runStart = performance.now();
+  let lastTrainLoss = NaN;
+  let lastEval: EvalResult | null = null;
+  let stoppedBy: LoopResult["stoppedBy"] = "completed";
+
+  const runEval = async (): Promise<void> => {
+    if (!ctx.evalSet) return;
+    lastEval = await evaluateExamples(model, ctx.evalSet, { batchSize: t.per_device_eval_batch_size, padId: ctx.padId, padding: config.data.padding, signal: ctx.signal });
+    const entry: LogEntry = { step: state.globalStep, epoch: round(state.globalStep / stepsPerEpoch, 4), eval_loss: round(lastEval.eval_loss), eval_perplexity: round(lastEval.perplexity), eval_tokens: lastEval.eval_tokens, eval_runtime: round(lastEval.eval_seconds, 4) };
+    state.logHistory.push(entry);
+    events.onEval?.(entry);
+    await ctx.writeLogs();
+  };
+
+  while (state.globalStep < totalSteps) {
+    if (ctx.signal?.aborted) {
+      stoppedBy = "abort";
+      break;
+    }
+    const k = state.globalStep;
+    const micro: Batch[] = [];
+    for (let i = 0; i < K; i++) micro.push(loader.next());
+    const { targets, gradScale } = windowGradScale(micro);
+    const lr = lrAt(k, { type: t.lr_scheduler_type, peak: t.learning_rate, totalSteps, warmupSteps });
+    const opt: OptimOptions = { lr, weightDecay: t.weight_decay, beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_epsilon, maxGradNorm: t.max_grad_norm, optim: optimizerName(t.optim) };
+    const r = targets > 0 ? await model.trainStep(micro, gradScale, opt) : { lossSum: 0, tokens: 0, gradNorm: 0, nonFinite: false, skipped: true };
+    if (r.nonFinite) {
+      state.skippedSteps++;
+      state.nonFiniteRun++;
+      events.onWarning?.(`step ${k + 1}: non-finite loss or gradients (loss sum ${r.lossSum}, grad norm ${r.gradNorm}); step skipped (${state.nonFiniteRun} in a row, ${state.skippedSteps} in all)`);
+      if (state.nonFiniteRun >= patience) {
+        const dir = await ctx.saveCheckpoint("nonfinite");
+        throw new QloraError("E_NONFINITE", `training stopped: ${state.nonFiniteRun} non-finite steps in a row (advanced.nonfinite_patience = ${patience}); the last good state is saved in ${dir}. Lower the learning rate or check the data.`);
+      }
+    } else {
+      state.nonFiniteRun = 0;
+    }
+    state.globalStep++;
+    state.sampler = loader.state();
+    const stepLoss = r.tokens > 0 ? r.lossSum / r.tokens : NaN;
+    if (!r.nonFinite && r.tokens > 0) {
+      logLossSum += stepLoss;
+      logSteps++;
+      lastTrainLoss = stepLoss;
+    }
+    logTokens += micro.reduce((s, b) => s + b.numTokens, 0);
+    runTokens += micro.reduce((s, b) => s + b.numTokens, 0);
+    const elapsed = (performance.now() - runStart) / 1000;
+    events.onStep?.({ step: state.globalStep, totalSteps, loss: stepLoss, lr, tokensPerSecond: runTokens / Math.max(elapsed, 1e-9), elapsedSeconds: elapsed, memoryBytes: ctx.memoryBytes() });
+
+    const last = state.globalStep === totalSteps;
+    if (state.globalStep % t.logging_steps === 0 || last) {
+      const secs = (performance.now() - logStart) / 1000;
+      const entry: LogEntry = {
+        step: state.globalStep,
+        epoch: round(state.globalStep / stepsPerEpoch, 4),
+        ...(logSteps ? { loss: round(logLossSum / logSteps) } : {}),
+        learning_rate: lr,
+        grad_norm: round(r.gradNorm),
+        tokens_per_second: round(logTokens / Math.max(secs, 1e-9), 5),
+        peak_memory_bytes: ctx.memoryBytes(),
+      };
+      state.logHistory.push(entry);
+      events.onLog?.(entry);
+      logLossSum = 0;
+      logSteps = 0;
+      logTokens = 0;
+      logStart = performance.now();
+      await ctx.writeLogs();
+    }
+    if (evalEvery > 0 && state.globalStep % evalEvery === 0 && !last) await runEval();
+    if (saveEvery > 0 && state.globalStep % saveEvery === 0 && !last) events.onSave?.(await ctx.saveCheckpoint("interval"));
+  }
+
+  if (stoppedBy === "abort") {
+    events.onSave?.(await ctx.saveCheckpoint("interrupt"));
+  } else {
+    if (ctx.evalSet) await runEval();
+    await ctx.writeLogs();
+  }
+  const elapsed = (performance.now() - runStart) / 1000;
+  return { globalStep: state.globalStep, totalSteps, trainLoss: lastTrainLoss, stoppedBy, lastEval, tokensPerSecond: runTokens / Math.max(elapsed, 1e-9) };
+}

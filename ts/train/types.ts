@@ -1,0 +1,79 @@
+// What the training loop needs from a model, and what it reports. The Qwen2 model (ts/model)
+// implements TrainableModel; tests can drive the loop with any object that does.
+import type { Batch } from "../data/batches.js";
+import type { LossModel } from "./evaluate.js";
+
+export type OptimizerName = "adamw_32bit" | "paged_adamw_32bit" | "paged_adamw_8bit";
+
+export interface OptimOptions {
+  lr: number;
+  weightDecay: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  /** 0 disables clipping */
+  maxGradNorm: number;
+  optim: OptimizerName;
+}
+
+export interface StepResult {
+  lossSum: number;
+  tokens: number;
+  /** global L2 norm of the gradients before clipping */
+  gradNorm: number;
+  nonFinite: boolean;
+  skipped: boolean;
+}
+
+export interface LoraTensor {
+  shape: number[];
+  data: Float32Array;
+}
+
+export interface OptimizerStateBlob {
+  step: number;
+  tensors: Record<string, Uint8Array>;
+}
+
+export interface MemoryReport {
+  weights: number;
+  adapters: number;
+  optimizer: number;
+  activations: number;
+  peak: number;
+}
+
+export interface TrainableModel extends LossModel {
+  readonly paramCount: number;
+  trainStep(microBatches: Batch[], gradScale: number, opt: OptimOptions): Promise<StepResult>;
+  getLora(): Promise<Record<string, LoraTensor>>;
+  setLora(peftKey: string, data: Float32Array): Promise<void> | void;
+  getOptimizerState(): Promise<OptimizerStateBlob>;
+  setOptimizerState(state: OptimizerStateBlob): Promise<void> | void;
+  memoryReport(): MemoryReport;
+}
+
+/** One entry of trainer_state.json's log_history (transformers' field names plus ours). */
+export interface LogEntry {
+  step: number;
+  epoch: number;
+  loss?: number;
+  learning_rate?: number;
+  grad_norm?: number;
+  eval_loss?: number;
+  eval_perplexity?: number;
+  tokens_per_second?: number;
+  peak_memory_bytes?: number;
+  [key: string]: number | undefined;
+}
+
+export interface TrainEvents {
+  /** once, before the first step */
+  onStart?(info: { totalSteps: number; startStep: number; effectiveBatch: number; paramCount: number; device: string }): void;
+  /** after every optimizer step (for progress bars) */
+  onStep?(info: { step: number; totalSteps: number; loss: number; lr: number; tokensPerSecond: number; elapsedSeconds: number; memoryBytes: number }): void;
+  onLog?(entry: LogEntry): void;
+  onEval?(entry: LogEntry): void;
+  onSave?(checkpointDir: string): void;
+  onWarning?(message: string): void;
+}
