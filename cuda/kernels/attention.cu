@@ -1,4 +1,6 @@
-// CUDA attention forward / backward (see qn/ops/attention.h), FlashAttention-2 structure on CUDA
+// CUDA attention forward / backward (see qn/ops/attention.h). bf16 tensors go to the tensor-core
+// kernels of attention_wmma.cu when they apply (sm_80+, 16-byte aligned, D a multiple of 16 up to
+// 128); f32 tensors, and bf16 otherwise, run the kernels below: FlashAttention-2 structure on CUDA
 // cores (fp32 FMA; exact f32 math for f32 and bf16 storage alike), templated on the head dim D:
 //   attn_fwd_kernel    block = 4 warps over 32 query rows of one (b, q head): lane = query row,
 //                      warp w = dims [w*D/4, (w+1)*D/4). Key chunks of 16 rows of K and V go to
@@ -16,47 +18,23 @@
 // block: 2 x 16 x D f32 tiles plus 4 x 16 x 32 (x2 in backward) partial sums: <= 33 KB at D = 128.
 // Masked keys/queries: scores -inf -> p = 0 (exp2(-inf) = 0); a row whose lse is -inf has p = 0
 // for every key, so it gets out = 0, dq = 0 and adds nothing to dk, dv. No NaN.
+#include <atomic>
 #include <cmath>
+#include <type_traits>
 #include "qn/ops/attention.h"
 #include "qn/tensor.h"
+#include "attention_common.cuh"
 #include "xf_common.cuh"
 
 namespace qn {
 namespace cuda {
+using namespace attn;
 namespace {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRows = 32;   // query rows (forward, dq) or keys (dkv) per block: one per lane
 constexpr int kChunk = 16;  // keys (forward, dq) or queries (dkv) per shared-memory chunk
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-
-struct Params {
-  const void *q, *k, *v;
-  const void* mask;
-  bool mask_u8;
-  void* out;
-  float* lse;
-  const void* dout;
-  void *dq, *dk, *dv;
-  float* delta;
-  int b, t, hq, hkv, group;
-  float scale;
-  bool causal;
-};
-
-__device__ __forceinline__ bool key_kept(const Params& p, int b, int j) {
-  if (j >= p.t) return false;
-  if (!p.mask) return true;
-  const long long i = (long long)b * p.t + j;
-  return p.mask_u8 ? static_cast<const unsigned char*>(p.mask)[i] != 0 : static_cast<const int*>(p.mask)[i] != 0;
-}
-
-// Offset of row (b, i, head) of a [B, T, H, D] tensor.
-__device__ __forceinline__ long long row_off(int b, int i, int head, int t, int heads, int d) {
-  return (((long long)b * t + i) * heads + head) * d;
-}
 
 // Loads rows [r0, r0 + kChunk) of head `head` of a [B, T, H, D] tensor into dst[kChunk][D] as f32
 // times `mul` (zeros past T).
@@ -242,12 +220,7 @@ __global__ void __launch_bounds__(kThreads) attn_dkv_kernel(Params p) {
       __syncthreads();
       load_chunk<T, D>(qs, static_cast<const T*>(p.q), b, i0, h, p.t, p.hq, qmul);
       load_chunk<T, D>(dos, static_cast<const T*>(p.dout), b, i0, h, p.t, p.hq, 1.f);
-      if (threadIdx.x < kChunk) {
-        const int i = i0 + threadIdx.x;
-        const long long li = ((long long)b * p.hq + h) * p.t + i;
-        lse2[threadIdx.x] = i < p.t ? p.lse[li] * kLog2e : -INFINITY;
-        delta[threadIdx.x] = i < p.t ? p.delta[li] : 0.f;
-      }
+      load_row_stats(p, b, h, i0, kChunk, lse2, delta);
       __syncthreads();
       chunk_partials<D>(kr, qs, part_s[w], vr, dos, part_p[w]);
       __syncthreads();
@@ -309,7 +282,12 @@ Params make_params(const AttentionDims& d, const Tensor& q, const Tensor& k, con
   return p;
 }
 
+std::atomic<bool> g_cuda_core_only{false};
+
 }  // namespace
+
+// Testing hook: true keeps bf16 on the CUDA-core kernels (as on devices without bf16 WMMA).
+void attention_set_cuda_core_only(bool on) { g_cuda_core_only = on; }
 
 void attention_forward(Context& ctx, const AttentionForwardArgs& a) {
   const AttentionDims d = check_attention_forward(a);
@@ -317,6 +295,8 @@ void attention_forward(Context& ctx, const AttentionForwardArgs& a) {
   if (d.b == 0 || d.t == 0 || d.hq == 0) return;
   p.out = a.out.raw();
   p.lse = a.lse.defined() ? a.lse.data<float>() : nullptr;
+  with_head_dim(d.d, "attention_forward", [](auto) {});
+  if (a.q.dtype() == DType::BF16 && !g_cuda_core_only && forward_wmma(p, (int)d.d, stream_of(ctx), device_of(ctx))) return;
   const dim3 grid((unsigned)((d.t + kRows - 1) / kRows), (unsigned)d.hq, (unsigned)d.b);
   with_head_dim(d.d, "attention_forward", [&](auto dc) {
     constexpr int D = decltype(dc)::value;
@@ -346,6 +326,7 @@ void attention_backward(Context& ctx, const AttentionBackwardArgs& a) {
     using T = decltype(tt);
     attn_delta_kernel<T><<<blocks_for(d.b * d.t * d.hq * 32, 256), 256, 0, stream_of(ctx)>>>(p, (int)d.d);
     QN_CUDA_LAUNCHED("attn_delta_kernel", ctx);
+    if (std::is_same<T, xf::bf16>::value && !g_cuda_core_only && backward_wmma(p, (int)d.d, stream_of(ctx), device_of(ctx))) return;
     with_head_dim(d.d, "attention_backward", [&](auto dc) {
       constexpr int D = decltype(dc)::value;
       attn_dq_kernel<T, D><<<dim3(tiles, (unsigned)d.hq, (unsigned)d.b), kThreads, 0, stream_of(ctx)>>>(p);

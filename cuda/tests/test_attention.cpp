@@ -5,6 +5,7 @@
 // masks, non-causal, fully masked rows (out 0, lse -inf, zero gradients, no NaN), bf16 against
 // the f32 path, bad arguments; on CUDA against the CPU (outputs poisoned first).
 #include <cmath>
+#include "cpu/float_rows.h"
 #include "harness.h"
 #include "qn/ops/attention.h"
 
@@ -261,6 +262,39 @@ QN_TEST(attention_cuda_matches_cpu) {
       // f32: both f32 with different summation orders. bf16: twice the bf16-vs-f32 bound.
       compare(a, b, dt == DType::F32 ? 2e-5f : 2.f / 128, name_of(c.s, dt == DType::F32 ? "cuda vs cpu f32" : "cuda vs cpu bf16"));
     }
+}
+
+QN_TEST(attention_cpu_simd_levels) {
+  // The AVX2 and baseline clones (this machine may run AVX-512 by default) against the reference.
+  Inputs in = make_inputs({2, 70, 4, 2, 40}, 5, true, 90);
+  const Result ref = reference(in);
+  for (auto level : {cpu::xf::Isa::Scalar, cpu::xf::Isa::Avx2}) {
+    cpu::xf::isa_cap() = static_cast<int>(level);
+    compare(run(cpu_ctx(), in, DType::F32, true), ref, 2e-5f, level == cpu::xf::Isa::Avx2 ? "attention avx2" : "attention scalar");
+  }
+  cpu::xf::isa_cap() = static_cast<int>(cpu::xf::Isa::Avx512);
+}
+
+#ifdef QN_WITH_CUDA
+namespace qn {
+namespace cuda {
+void attention_set_cuda_core_only(bool on);  // cuda/kernels/attention.cu
+}
+}  // namespace qn
+#endif
+
+QN_TEST(attention_cuda_core_kernels_bf16) {
+  // bf16 on the CUDA-core kernels (the tensor-core ones take bf16 by default) against the CPU.
+  if (!testing_cuda()) return;
+#ifdef QN_WITH_CUDA
+  qn::cuda::attention_set_cuda_core_only(true);
+  for (Shape5 s : {Shape5{2, 100, 8, 2, 64}, Shape5{1, 77, 4, 1, 128}, Shape5{2, 33, 2, 2, 16}}) {
+    Inputs in = make_inputs(s, 7, true, 95 + s.d, true);
+    compare(run(test_ctx(), in, DType::BF16, true), run(cpu_ctx(), in, DType::BF16, true), 2.f / 128,
+            name_of(s, "cuda-core bf16 vs cpu"));
+  }
+  qn::cuda::attention_set_cuda_core_only(false);
+#endif
 }
 
 QN_TEST(attention_rejects_bad_args) {

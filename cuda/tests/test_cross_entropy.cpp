@@ -3,6 +3,7 @@
 // labels, bf16 logits against the f32 path, accumulation across chunks, eval mode (logits
 // untouched), bad arguments; on CUDA against the CPU.
 #include <cmath>
+#include "cpu/float_rows.h"
 #include "harness.h"
 #include "qn/ops/cross_entropy.h"
 
@@ -122,6 +123,24 @@ QN_TEST(cross_entropy_bf16_and_eval_mode) {
   all_close(to_floats(logits), z, 0, 0, "cross_entropy eval leaves logits");
   EXPECT_EQ(to_floats(ls)[0], b.loss);
   EXPECT_EQ((int)to_floats(cnt)[0], (int)n - 1);
+}
+
+QN_TEST(cross_entropy_cpu_simd_levels) {
+  // The AVX2 and baseline clones (this machine may run AVX-512 by default) against the reference.
+  const int64_t n = 5, v = 3001;
+  auto z = random_floats(n * v, -8, 8, 9);
+  for (auto& x : z) x = bf16_to_f32(f32_to_bf16(x));  // the same values in both dtypes
+  auto y = make_labels(n, v, 10);
+  Ref r = reference(z, y, n, v, 0.5);
+  for (auto level : {cpu::xf::Isa::Scalar, cpu::xf::Isa::Avx2}) {
+    cpu::xf::isa_cap() = static_cast<int>(level);
+    Out o = run(cpu_ctx(), DType::BF16, z, y, n, v, 0.5f);
+    Out f = run(cpu_ctx(), DType::F32, z, y, n, v, 0.5f);
+    cpu::xf::isa_cap() = static_cast<int>(cpu::xf::Isa::Avx512);
+    all_close(f.grad, to_f(r.grad), 1e-5f, 1e-8f, "cross_entropy simd level dlogits");
+    all_close(f.row_loss, to_f(r.row_loss), 1e-5f, 2e-6f, "cross_entropy simd level row loss");
+    all_close(o.grad, f.grad, 1.f / 256, 1e-30f, "cross_entropy simd level bf16");
+  }
 }
 
 QN_TEST(cross_entropy_cuda_matches_cpu) {
