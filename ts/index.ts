@@ -5,3 +5,13 @@ export { openSession, tensorFrom, memoryStats, setNumThreads, type Session, type
 export { resolveDevice, isDeviceSpec, type DeviceSpec } from "./device.js";
 export { doctor, formatDoctor, type DoctorReport } from "./api/doctor.js";
 export { version } from "./version.js";
+export { loadConfig, validateConfig, type LoadOptions } from "./config/load.js";
+export type { QloraConfig, ResolvedConfig } from "./config/types.js";
+export { train, type TrainOptions, type TrainResult } from "./api/train.js";
+export { evaluate, type EvaluateOptions } from "./api/evaluate.js";
+export { merge, type MergeOptions, type MergeResult } from "./api/merge.js";
+export { quantizeCheckpoint } from "./nf4/quantize.js";
+export { loadModel, QwenModel, type LoadModelOptions } from "./model/index.js";
+export { readAdapter, writeAdapter } from "./train/adapter.js";
+export type { LogEntry, TrainEvents } from "./train/types.js";
+export { ensureDemoModel } from "./demo/model.js";

@@ -6,6 +6,8 @@ import { QloraError } from "../errors.js";
 import { version } from "../version.js";
 import { doctorCommand } from "./doctor.js";
 import { quantizeCommand } from "./quantize.js";
+import { evalCommand } from "./eval.js";
+import { mergeCommand } from "./merge.js";
 import { trainCommand } from "./train.js";
 
 export function reportError(e: unknown): number {
@@ -24,6 +26,8 @@ export async function main(argv: string[] = hideBin(process.argv)): Promise<void
     .scriptName("qlora-native")
     .version(version)
     .command(trainCommand)
+    .command(evalCommand)
+    .command(mergeCommand)
     .command(quantizeCommand)
     .command(doctorCommand)
     .demandCommand(1, "name a command (see --help)")
