@@ -4,6 +4,7 @@ import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
 import { QloraError } from "../errors.js";
 import { version } from "../version.js";
+import { benchCommand } from "./bench.js";
 import { doctorCommand } from "./doctor.js";
 import { quantizeCommand } from "./quantize.js";
 import { evalCommand } from "./eval.js";
@@ -29,6 +30,7 @@ export async function main(argv: string[] = hideBin(process.argv)): Promise<void
     .command(evalCommand)
     .command(mergeCommand)
     .command(quantizeCommand)
+    .command(benchCommand)
     .command(doctorCommand)
     .demandCommand(1, "name a command (see --help)")
     .strict()
