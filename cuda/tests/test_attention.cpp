@@ -157,9 +157,9 @@ void compare(const Result& a, const Result& b, float rel, const std::string& w) 
 
 }  // namespace
 
-QN_TEST(attention_reference_gradient_finite_differences) {
-  // The float64 reference's gradients against central differences of its own forward,
-  // L = sum(dout * out), on a small padded GQA case.
+QN_TEST(attention_gradient_finite_differences) {
+  // The float64 reference's gradients, and the CPU op's, against central differences of the
+  // float64 forward, L = sum(dout * out), on a small padded GQA case.
   Inputs in = make_inputs({3, 5, 4, 2, 16}, 2, true, 11);
   Result r = reference(in);
   auto loss = [&](const Inputs& x) {
@@ -169,11 +169,14 @@ QN_TEST(attention_reference_gradient_finite_differences) {
     return l;
   };
   // The reference stores f32: perturbations of 1/128 make the quotient error ~1e-5 from the
-  // f32 output rounding and ~1e-5 from truncation.
-  double worst = 0;
+  // f32 output rounding and ~1e-5 from truncation. The op's own gradients (f32, on the CPU) are
+  // held to the same bound against the same quotients.
+  const Result op = run(cpu_ctx(), in, DType::F32, true);
+  double worst = 0, worst_op = 0;
   for (int which = 0; which < 3; ++which) {
     std::vector<float>& x = which == 0 ? in.q : which == 1 ? in.k : in.v;
     const std::vector<float>& g = which == 0 ? r.dq : which == 1 ? r.dk : r.dv;
+    const std::vector<float>& go = which == 0 ? op.dq : which == 1 ? op.dk : op.dv;
     for (size_t i = 0; i < x.size(); i += 13) {
       const float x0 = x[i];
       x[i] = x0 + 1.f / 128;
@@ -182,9 +185,11 @@ QN_TEST(attention_reference_gradient_finite_differences) {
       const double lm = loss(in);
       x[i] = x0;
       worst = std::max(worst, std::fabs((lp - lm) * 64 - g[i]));
+      worst_op = std::max(worst_op, std::fabs((lp - lm) * 64 - go[i]));
     }
   }
   EXPECT_TRUE(worst < 1e-3);
+  EXPECT_TRUE(worst_op < 1e-3);
 }
 
 QN_TEST(attention_f32_matches_f64) {
