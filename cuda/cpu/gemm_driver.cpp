@@ -131,25 +131,28 @@ void run_blocked(const Problem& p, const Kernel& K) {
       }
     });
 
-    // Tasks: column blocks, and row shares when there are too few column blocks.
-    int64_t nc = K.nc;
-    int64_t ntn = (p.n + nc - 1) / nc;
-    if (ntn < 2 * threads && p.n > K.nr) {
-      nc = ((p.n + 2 * threads - 1) / (2 * threads) + K.nr - 1) / K.nr * K.nr;
-      ntn = (p.n + nc - 1) / nc;
-    }
+    // Tasks: equal shares of the NR column panels (at most nc / NR each, a multiple of the thread
+    // count so the shares end together), and row shares when there are fewer panels than threads.
+    // Handed out one at a time from an atomic counter: parallel_for would give out chunks of
+    // several tasks, which leaves threads idle at the end.
+    const int64_t panels = (p.n + K.nr - 1) / K.nr;
+    const int64_t per_task = std::max(1, K.nc / K.nr);
+    int64_t ntn = threads * ((panels + threads * per_task - 1) / (threads * per_task));
+    ntn = std::min(ntn, panels);
     int64_t msplit = 1;
-    if (ntn < 2 * threads) msplit = std::max<int64_t>(1, std::min<int64_t>(npm, (2 * threads + ntn - 1) / ntn));
+    if (ntn < threads) msplit = std::max<int64_t>(1, std::min<int64_t>(npm, (threads + ntn - 1) / ntn));
     const int64_t ntasks = ntn * msplit;
     const int64_t mc_panels = std::max(1, K.mc / K.mr);
+    std::atomic<int64_t> next_task{0};
 
-    parallel_for(ntasks, 1, [&](int64_t t0, int64_t t1) {
+    parallel_for(std::min<int64_t>(threads, ntasks), 1, [&](int64_t, int64_t) {
       alignas(64) float tile[kMaxTile];
-      for (int64_t t = t0; t < t1; ++t) {
+      for (int64_t t = next_task.fetch_add(1); t < ntasks; t = next_task.fetch_add(1)) {
         const int64_t tn = t / msplit, tm = t % msplit;
-        const int64_t j0 = tn * nc, cols = std::min(nc, p.n - j0);
+        const int64_t q0 = panels * tn / ntn, q1 = panels * (tn + 1) / ntn;
+        const int64_t j0 = q0 * K.nr, cols = std::min(q1 * K.nr, p.n) - j0;
         const int64_t pm0 = npm * tm / msplit, pm1 = npm * (tm + 1) / msplit;
-        if (pm1 <= pm0) continue;
+        if (pm1 <= pm0 || cols <= 0) continue;
         const int64_t npn = (cols + K.nr - 1) / K.nr;
         char* bbuf = static_cast<char*>(t_pack_b.get(slot_b * npn));
         const int64_t ldacc = npn * K.nr;
