@@ -1,7 +1,8 @@
 // CPU fused cross-entropy over a logits chunk, dlogits written in place (see
-// qn/ops/cross_entropy.h). One row per task; max, sum of exp and the gradient pass run in 16 f32
-// lanes (AVX-512 / AVX2 clones of one body, picked with cpu_features()); the loss sum is added in
-// double in row order (deterministic for any thread count).
+// qn/ops/cross_entropy.h). One row per task; max, sum of exp (kept in a per-thread f32 row) and
+// the gradient pass run in 16 f32 lanes (AVX-512 / AVX2 clones of one body, picked with
+// cpu_features()); the loss sum is added in double in row order (deterministic for any thread
+// count).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -25,9 +26,11 @@ struct CeJob {
   bool grad;
 };
 
-// One row: returns nothing, writes row_loss[r] (0 when ignored) and, with grad, the dlogits row.
+// One row: writes row_loss[r] (0 when ignored) and, with grad, the dlogits row. e (v floats of
+// scratch) keeps exp(z - max) from the sum pass, so the gradient pass multiplies instead of
+// taking exp again: dlogits = e * (grad_scale / sum) - grad_scale [j == y].
 template <typename T>
-QN_XF_INLINE void ce_row(const CeJob& j, int64_t r) {
+QN_XF_INLINE void ce_row(const CeJob& j, int64_t r, float* e) {
   T* z = static_cast<T*>(j.logits) + r * j.v;
   const int64_t v = j.v;
   const int32_t y = j.labels[r];
@@ -47,27 +50,26 @@ QN_XF_INLINE void ce_row(const CeJob& j, int64_t r) {
   for (int64_t i = vv; i < v; ++i) m = std::max(m, xf::to_f32(z[i]));
   float acc[kLanes] = {0};
   for (int64_t i = 0; i < vv; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) acc[l] += xf::exp_approx(xf::to_f32(z[i + l]) - m);
-  for (int64_t i = vv; i < v; ++i) acc[i - vv] += xf::exp_approx(xf::to_f32(z[i]) - m);
+    for (int l = 0; l < kLanes; ++l) acc[l] += (e[i + l] = xf::exp_approx(xf::to_f32(z[i + l]) - m));
+  for (int64_t i = vv; i < v; ++i) acc[i - vv] += (e[i] = xf::exp_approx(xf::to_f32(z[i]) - m));
   for (int w = kLanes / 2; w > 0; w /= 2)
     for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
   const float lse = m + std::log(acc[0]);
   j.row_loss[r] = lse - xf::to_f32(z[y]);
   if (!j.grad) return;
-  const float sc = j.grad_scale;
-  const float zy = xf::to_f32(z[y]);
-  for (int64_t i = 0; i < v; ++i) z[i] = xf::from_f32<T>(xf::exp_approx(xf::to_f32(z[i]) - lse) * sc);
-  z[y] = xf::from_f32<T>((xf::exp_approx(zy - lse) - 1.f) * sc);
+  const float sc = j.grad_scale, k = sc / acc[0];
+  for (int64_t i = 0; i < v; ++i) z[i] = xf::from_f32<T>(e[i] * k);
+  z[y] = xf::from_f32<T>(e[y] * k - sc);
 }
 
-template <typename T> QN_XF_AVX512 void ce_rows_avx512(const CeJob& j, int64_t b, int64_t e) {
-  for (int64_t r = b; r < e; ++r) ce_row<T>(j, r);
+template <typename T> QN_XF_AVX512 void ce_rows_avx512(const CeJob& j, int64_t b, int64_t e, float* s) {
+  for (int64_t r = b; r < e; ++r) ce_row<T>(j, r, s);
 }
-template <typename T> QN_XF_AVX2 void ce_rows_avx2(const CeJob& j, int64_t b, int64_t e) {
-  for (int64_t r = b; r < e; ++r) ce_row<T>(j, r);
+template <typename T> QN_XF_AVX2 void ce_rows_avx2(const CeJob& j, int64_t b, int64_t e, float* s) {
+  for (int64_t r = b; r < e; ++r) ce_row<T>(j, r, s);
 }
-template <typename T> void ce_rows_scalar(const CeJob& j, int64_t b, int64_t e) {
-  for (int64_t r = b; r < e; ++r) ce_row<T>(j, r);
+template <typename T> void ce_rows_scalar(const CeJob& j, int64_t b, int64_t e, float* s) {
+  for (int64_t r = b; r < e; ++r) ce_row<T>(j, r, s);
 }
 
 }  // namespace
@@ -85,9 +87,10 @@ void cross_entropy(Context&, const CrossEntropyArgs& a) {
   xf::with_type(a.logits.dtype(), [&](auto tt) {
     using T = decltype(tt);
     parallel_for(d.n, std::max<int64_t>(1, 65536 / d.v), [&](int64_t b, int64_t e) {
-      if (isa == xf::Isa::Avx512) ce_rows_avx512<T>(job, b, e);
-      else if (isa == xf::Isa::Avx2) ce_rows_avx2<T>(job, b, e);
-      else ce_rows_scalar<T>(job, b, e);
+      std::vector<float> ex(static_cast<size_t>(d.v));
+      if (isa == xf::Isa::Avx512) ce_rows_avx512<T>(job, b, e, ex.data());
+      else if (isa == xf::Isa::Avx2) ce_rows_avx2<T>(job, b, e, ex.data());
+      else ce_rows_scalar<T>(job, b, e, ex.data());
     });
   });
   double sum = 0;
