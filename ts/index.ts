@@ -15,3 +15,4 @@ export { loadModel, QwenModel, type LoadModelOptions } from "./model/index.js";
 export { readAdapter, writeAdapter } from "./train/adapter.js";
 export type { LogEntry, TrainEvents } from "./train/types.js";
 export { ensureDemoModel } from "./demo/model.js";
+export { demoConfig, DEMO_OUTPUT_DIR } from "./demo/config.js";
