@@ -200,6 +200,27 @@ for (const name of MODELS) {
   });
 }
 
+for (const name of MODELS) {
+  test(`${name}: NF4 with bf16 compute within 2x torch-bf16's error of the NF4 round-trip model`, async () => {
+    const fx = await fixture(name);
+    const { model, session } = await open(fx, { quantization: "nf4", computeDtype: "bf16" });
+    try {
+      const tb = fx.meta.errors_bf16_vs_fp32;
+      const r = await runAll(model, batchOf(fx.expected));
+      const le = logitErrors(r.logits, fx.nf4.logits, fx.expected.attention_mask, fx.config.vocab_size);
+      const lossErr = Math.abs(r.loss - fx.nf4.loss[0]) / fx.nf4.loss[0];
+      const ge = gradErrors(r.grads, fx.nf4, "grad.");
+      console.log(`  ${name} nf4 bf16: logits rel L2 ${fmt(le.relL2)}, loss rel ${fmt(lossErr)}, grads rel L2 ${fmt(ge.global)}`);
+      assert.ok(le.relL2 <= 2 * tb.logits_rel_l2, `logits ${le.relL2}`);
+      assert.ok(ge.global <= 2 * tb.grads_rel_l2_global, `grads ${ge.global}`);
+      assert.ok(lossErr <= 0.25 * tb.logits_rel_l2, `loss ${lossErr}`);
+    } finally {
+      model.dispose();
+      session.dispose();
+    }
+  });
+}
+
 test("qwen2_gqa_hd16: the bnb 4-bit checkpoint gives the same as NF4 quantized while loading", async () => {
   const fx = await fixture("qwen2_gqa_hd16");
   const a = await open(fx, { quantization: "nf4" });
