@@ -85,7 +85,21 @@ export interface NativeOps {
   cast(src: NativeTensor, dst: NativeTensor): Promise<void>;
   fill(dst: NativeTensor, value: number): Promise<void>;
   axpby(x: NativeTensor, y: NativeTensor, alpha: number, beta: number): Promise<void>;
-  [name: string]: (...args: any[]) => Promise<unknown>;
+  /** C = alpha op(A) op(B) + beta C (+ bias); A/B f32 or bf16, C f32 or bf16, fp32 accumulation */
+  gemm(a: NativeTensor, b: NativeTensor, c: NativeTensor, opts?: { transA?: boolean; transB?: boolean; alpha?: number; beta?: number; bias?: NativeTensor }): Promise<void>;
+  /** NF4 code table, decision thresholds and bitsandbytes' signed 8-bit dynamic map (synchronous) */
+  nf4Tables(): { codes: Float32Array; thresholds: Float32Array; dynamicMap: Float32Array };
+  nf4Quantize(src: NativeTensor, codes: NativeTensor, absmax: NativeTensor, blocksize: number, name?: string): Promise<void>;
+  /** resolves to the offset (mean absmax) */
+  nf4DoubleQuant(absmax: NativeTensor, absmaxQ: NativeTensor, nestedAbsmax: NativeTensor, nestedBlocksize?: number): Promise<number>;
+  nf4DoubleDequant(absmaxQ: NativeTensor, nestedAbsmax: NativeTensor, nestedMap: NativeTensor, offset: number, absmaxOut: NativeTensor, nestedBlocksize?: number): Promise<void>;
+  nf4Dequantize(weight: Record<string, unknown>, out: NativeTensor): Promise<void>;
+  nf4QuantizeWeight(w: NativeTensor, blocksize?: number, doubleQuant?: boolean, name?: string): Promise<Record<string, unknown>>;
+  optimStateCreate(session: NativeSession, n: number, kind: "adamw_32bit" | "adamw_8bit", opts?: { paged?: boolean }): Promise<Record<string, unknown>>;
+  adamwStep(param: NativeTensor, grad: NativeTensor, state: Record<string, unknown>, opts: { step: number; lr: number; beta1?: number; beta2?: number; eps?: number; weightDecay?: number; gradScale?: number; normSq?: NativeTensor; maxGradNorm?: number }): Promise<void>;
+  gradNormSq(grad: NativeTensor, out?: NativeTensor, flag?: NativeTensor): Promise<{ normSq: number; nonfinite: boolean }>;
+  nonfinite(x: NativeTensor): Promise<boolean>;
+  [name: string]: (...args: any[]) => unknown;
 }
 
 export interface NativeAddon {
