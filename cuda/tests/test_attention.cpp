@@ -245,9 +245,9 @@ QN_TEST(attention_bf16_vs_f32) {
   for (Shape5 s : {Shape5{2, 77, 8, 2, 64}, Shape5{1, 150, 4, 1, 128}, Shape5{2, 40, 2, 2, 16}}) {
     Inputs in = make_inputs(s, 9, true, 60 + s.d, true);
     Result f = run(test_ctx(), in, DType::F32, true), b = run(test_ctx(), in, DType::BF16, true);
-    // Same (bf16-exact) inputs, f32 math inside: outputs rounded once to bf16 (2^-9 relative to
+    // Same (bf16-exact) inputs, f32 math inside: outputs rounded once to bf16 (2^-8 relative to
     // each value); on the GPU P is also rounded to bf16 before P V and dS before dS K / dS^T Q
-    // (another 2^-9 on each term, partly averaging out): 2^-7 of the tensor's scale covers both.
+    // (another 2^-8 on each term, partly averaging out): 2^-7 of the tensor's scale covers both.
     compare(b, f, 1.f / 128, name_of(s, "bf16 vs f32"));
   }
 }
