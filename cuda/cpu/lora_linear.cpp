@@ -97,6 +97,42 @@ void dropout_mults(const LoraDropout& dr, uint64_t idx0, int n, float* out) {
   for (int j = 0; j < n; ++j) out[j] = dr.mult(idx0 + j);
 }
 
+// t[j] = base[j] + mult[j] * sum_q g[q] * A[q * lda + j], j < n (n <= 64): the masked LoRA term
+// of dx added to a finished tile row.
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) void masked_lora_row_avx512(const float* base, const float* g, const float* A,
+                                                               int64_t lda, int64_t r, const float* mult, int n,
+                                                               float* t) {
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  const int nv = (n + 15) / 16;
+  __mmask16 m[4];
+  for (int v = 0; v < 4; ++v) {
+    const int left = n - 16 * v;
+    m[v] = left >= 16 ? __mmask16(0xffff) : left > 0 ? __mmask16((1u << left) - 1) : __mmask16(0);
+  }
+  for (int64_t q = 0; q < r; ++q) {
+    const __m512 gq = _mm512_set1_ps(g[q]);
+    const float* a = A + q * lda;
+    for (int v = 0; v < nv; ++v) acc[v] = _mm512_fmadd_ps(gq, _mm512_maskz_loadu_ps(m[v], a + 16 * v), acc[v]);
+  }
+  for (int v = 0; v < nv; ++v) {
+    const __m512 b = _mm512_maskz_loadu_ps(m[v], base + 16 * v), f = _mm512_maskz_loadu_ps(m[v], mult + 16 * v);
+    _mm512_mask_storeu_ps(t + 16 * v, m[v], _mm512_fmadd_ps(f, acc[v], b));
+  }
+}
+#endif
+
+void masked_lora_row(const float* base, const float* g, const float* A, int64_t lda, int64_t r, const float* mult, int n,
+                     float* t) {
+#if defined(__x86_64__)
+  if (cpu_features().avx512f) return masked_lora_row_avx512(base, g, A, lda, r, mult, n, t);
+#endif
+  float acc[64] = {};
+  for (int64_t q = 0; q < r; ++q)
+    for (int j = 0; j < n; ++j) acc[j] += g[q] * A[q * lda + j];
+  for (int j = 0; j < n; ++j) t[j] = base[j] + mult[j] * acc[j];
+}
+
 // Packs like gemm_impl::pack, then multiplies each element by the dropout factor of its flat index
 // in x ([M, in] row-major): (r, k) is x[r * ld + k] when src.k_contiguous, else x[k * ld + r].
 PackFn dropout_packer(const MatSrc& src, const LoraDropout& drop) {
@@ -280,14 +316,8 @@ void lora_linear_backward(Context&, const LoraLinearBackwardArgs& a) {
       float t[64], mult[64];  // nr <= NR = 64 (also in the transposed path, where nr <= MR)
       for (int ii = 0; ii < mr; ++ii) {
         const int64_t i = i0 + ii;
-        for (int jj = 0; jj < nr; ++jj) t[jj] = 0.f;
-        for (int64_t q = 0; q < r; ++q) {
-          const float gq = gp[i * r + q];
-          const float* arow = A + q * in + j0;
-          for (int jj = 0; jj < nr; ++jj) t[jj] += gq * arow[jj];
-        }
         dropout_mults(drop, static_cast<uint64_t>(i * in + j0), nr, mult);
-        for (int jj = 0; jj < nr; ++jj) t[jj] = tile[ii * ld + jj] + mult[jj] * t[jj];
+        masked_lora_row(tile + ii * ld, gp + i * r, A + j0, in, r, mult, nr, t);
         if (xdt == DType::F32)
           gemm_impl::finish_row_f32(static_cast<float*>(dx) + i * in + j0, t, nr, 1.f, beta, nullptr);
         else
