@@ -4,6 +4,10 @@
 // interleaves pairs of rows. Everything else (edges, conversions) is plain scalar code.
 #include <algorithm>
 #include <cstring>
+// GCC 12 flags its own _mm512_undefined_* helpers inside the intrinsics (GCC bug 105593).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
 #include "gemm_driver.h"
 #include "gemm_kernels.h"
 #include "qn/cpu_features.h"
@@ -15,7 +19,7 @@ namespace gemm_impl {
 namespace {
 
 bool has_avx512() {
-  static const bool v = cpu_features().avx512f && cpu_features().avx512bw;
+  static const bool v = cpu_features().avx512f && cpu_features().avx512bw && cpu_features().avx512vl;
   return v;
 }
 
@@ -25,6 +29,14 @@ inline float as_f32(float v) { return v; }
 inline float as_f32(uint16_t h) { return bf16_to_f32(h); }
 inline uint16_t as_bf16(float v) { return f32_to_bf16(v); }
 inline uint16_t as_bf16(uint16_t h) { return h; }
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void widen_bf16_avx512(const uint16_t* src, int n, float* dst) {
+  for (int j = 0; j < n; j += 16) {
+    const __mmask16 m = n - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - j)) - 1);
+    const __m512i w = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, src + j)), 16);
+    _mm512_mask_storeu_ps(dst + j, m, _mm512_castsi512_ps(w));
+  }
+}
 
 // Panel-relative k range [ka, kb) of rows [0, rows), one element at a time, k outer (so the
 // destination is written in order and each source row or column is read sequentially).
@@ -48,6 +60,13 @@ void pack_scalar_t(const MatSrc& s, int64_t r0, int rows, const Panel& P, int ka
 
 void pack_scalar(const MatSrc& s, int64_t r0, int rows, const Panel& P, int ka, int kb, int64_t k_shift, void* dst) {
   const bool f32src = s.dt == DType::F32;
+  if (P.fmt == Format::F32 && !f32src && !s.k_contiguous && has_avx512()) {
+    // bf16 rows along r (dy^T, x in the LoRA gradient GEMMs): widen 16 at a time.
+    const uint16_t* p = static_cast<const uint16_t*>(s.p) + (P.k0 - k_shift) * s.ld + r0;
+    float* d = static_cast<float*>(dst);
+    for (int kk = ka; kk < kb; ++kk) widen_bf16_avx512(p + kk * s.ld, rows, d + kk * P.R);
+    return;
+  }
   if (P.fmt == Format::F32) {
     if (f32src) pack_scalar_t<float>(s, r0, rows, P, ka, kb, k_shift, static_cast<float*>(dst));
     else pack_scalar_t<uint16_t>(s, r0, rows, P, ka, kb, k_shift, static_cast<float*>(dst));
