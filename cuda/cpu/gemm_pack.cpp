@@ -86,12 +86,20 @@ int pack_transpose_avx512(const MatSrc& s, int64_t r0, int rows, const Panel& P,
   const int nblk = nunits / 16;
   if (nblk == 0) return ka;
   const char* base = static_cast<const char*>(s.p);
+  const bool widen = s.dt == DType::BF16 && P.fmt == Format::F32;  // bf16 -> f32: widen a 16 x 16 block first
+  alignas(64) float tmp[16 * 16];
   for (int i0 = 0; i0 + 16 <= rows; i0 += 16) {
     for (int b = 0; b < nblk; ++b) {
       const int kk = ka + b * 16 * unit_k;
       const char* src = base + (offset(s, r0 + i0, P.k0 - k_shift + kk)) * esize;
       char* d = static_cast<char*>(dst) + (static_cast<int64_t>(kk / unit_k) * P.R + i0) * 4;
-      transpose16x16_u32_avx512(src, s.ld * esize, d, static_cast<int64_t>(P.R) * 4);
+      if (widen) {
+        for (int i = 0; i < 16; ++i)
+          widen_bf16_avx512(reinterpret_cast<const uint16_t*>(src + i * s.ld * esize), 16, tmp + 16 * i);
+        transpose16x16_u32_avx512(tmp, 64, d, static_cast<int64_t>(P.R) * 4);
+      } else {
+        transpose16x16_u32_avx512(src, s.ld * esize, d, static_cast<int64_t>(P.R) * 4);
+      }
     }
   }
   return ka + nblk * 16 * unit_k;
@@ -107,7 +115,8 @@ void pack_part(const MatSrc& s, int64_t r0, int rows, const Panel& P, int64_t k_
   const int kb = static_cast<int>(std::min<int64_t>(k_end, P.k0 + P.kc) - P.k0);
   if (kb <= ka || rows <= 0) return;
   const bool same_unit = (P.fmt == Format::F32 && s.dt == DType::F32) || (P.fmt == Format::BF16Pair && s.dt == DType::BF16);
-  if (same_unit && s.k_contiguous && has_avx512() && rows >= 16 && (P.fmt == Format::F32 || ka % 2 == 0)) {
+  const bool widen = P.fmt == Format::F32 && s.dt == DType::BF16;
+  if ((same_unit || widen) && s.k_contiguous && has_avx512() && rows >= 16 && (P.fmt == Format::F32 || ka % 2 == 0)) {
     const int done = pack_transpose_avx512(s, r0, rows, P, ka, kb, k_shift, dst);
     const int full = rows / 16 * 16;
     if (done > ka && full < rows)  // rows past the last full 16-group, for the transposed k's
