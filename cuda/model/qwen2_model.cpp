@@ -716,7 +716,12 @@ LossResult Qwen2Model::head_loss(const Ctx& c, const Tensor& x, const Tensor& dx
   rmsnorm_forward(cx, RmsNormForwardArgs{x, final_norm_, hf, rstd, cfg_.rms_eps});
   tick("norm");
   Tensor dhf = grad ? ws("H.dhf", d, {m, H}) : Tensor();
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(m, kHeadChunkBytes / (V * 4)));
+  static const int64_t chunk_bytes = [] {
+    const char* e = std::getenv("QN_MODEL_HEAD_CHUNK_MB");  // tuning knob; default 64 MB
+    const long long mb = e ? std::atoll(e) : 0;
+    return mb > 0 ? static_cast<int64_t>(mb) << 20 : kHeadChunkBytes;
+  }();
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(m, chunk_bytes / (V * 4)));
   Tensor row_loss = c.tgt.defined() ? ws("H.rowloss", DType::F32, {m}) : Tensor();
   if (c.tgt.defined()) {
     ctx_->memset(scalar_f32_.raw(), 0, 4);
