@@ -66,6 +66,14 @@ class CudaContext final : public Context {
   explicit CudaContext(int index) : index_(index) {
     check(cudaSetDevice(index_), "cudaSetDevice", index_);
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate", index_);
+    // Keep freed blocks in the stream-ordered pool across synchronizations (the default threshold
+    // of 0 hands them back to the driver at every sync, and per-step workspaces are reallocated).
+    cudaMemPool_t pool = nullptr;
+    if (cudaDeviceGetDefaultMemPool(&pool, index_) == cudaSuccess) {
+      uint64_t threshold = UINT64_MAX;
+      cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold);
+    }
+    cudaGetLastError();
   }
   ~CudaContext() override {
     cudaSetDevice(index_);
