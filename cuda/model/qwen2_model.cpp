@@ -918,6 +918,11 @@ std::map<std::string, std::vector<uint8_t>> Qwen2Model::get_optimizer_state(Opti
   put("v", optim_.v);
   put("absmax_m", optim_.absmax_m);
   put("absmax_v", optim_.absmax_v);
+  // The dropout stream position travels with the optimizer state, so a resumed run draws the
+  // same masks as an uninterrupted one.
+  std::vector<uint8_t> counter(8);
+  for (int i = 0; i < 8; ++i) counter[i] = static_cast<uint8_t>(micro_step_ >> (8 * i));
+  out["dropout_counter"] = std::move(counter);
   return out;
 }
 
@@ -938,6 +943,13 @@ void Qwen2Model::set_optimizer_state(int64_t step, OptimKind kind, const std::ma
   get("v", st.v);
   get("absmax_m", st.absmax_m);
   get("absmax_v", st.absmax_v);
+  auto c = t.find("dropout_counter");
+  if (c != t.end()) {
+    if (c->second.size() != 8) fail(ErrorCode::Shape, "Model.setOptimizerState: \"dropout_counter\" must have 8 bytes");
+    uint64_t v = 0;
+    for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(c->second[i]) << (8 * i);
+    micro_step_ = v;
+  }
   optim_ = st;
   step_ = step;
 }

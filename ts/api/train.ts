@@ -92,7 +92,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     const loader = TrainLoader.fromConfig(sets.train, config, padId);
     const stateLog = new TrainerStateLog(outputDir);
     const totalSteps = totalStepsFor(config, loader.batchesPerEpoch());
-    const state: LoopState = { globalStep: 0, nonFiniteRun: 0, skippedSteps: 0, logHistory: [], sampler: loader.state() };
+    const state: LoopState = { globalStep: 0, nonFiniteRun: 0, skippedSteps: 0, logHistory: [], sampler: loader.state(), logWindow: { lossSum: 0, steps: 0, tokens: 0 } };
     let initialEval: EvalResult | null = null;
 
     const resumeFrom = options.resume === "latest" ? findLatestCheckpoint(outputDir) : options.resume ? path.resolve(options.resume) : null;
@@ -105,6 +105,8 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       state.globalStep = ck.step;
       state.logHistory = ck.logHistory as LogEntry[];
       state.skippedSteps = ck.skippedSteps ?? 0;
+      const w = ck.extra.logWindow as LoopState["logWindow"] | undefined;
+      if (w) state.logWindow = { ...w };
       state.sampler = loader.state();
       info(`resumed from ${resumeFrom} at step ${ck.step}`);
     } else if (sets.eval) {
@@ -130,6 +132,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
         logHistory: state.logHistory,
         skippedSteps: state.skippedSteps,
         seed: config.training.seed,
+        extra: { logWindow: state.logWindow },
         saveTotalLimit: config.output.save_total_limit,
       });
     };

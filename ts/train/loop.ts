@@ -26,6 +26,8 @@ export interface LoopState {
   logHistory: LogEntry[];
   /** data order position after the last completed step */
   sampler: SamplerState;
+  /** the open logging window (mean loss since the last log), kept across a resume */
+  logWindow: { lossSum: number; steps: number; tokens: number };
 }
 
 export interface LoopContext {
@@ -83,9 +85,7 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
 
   events.onStart?.({ totalSteps, startStep: state.globalStep, effectiveBatch: t.per_device_train_batch_size * K * ctx.dataParallel, paramCount: model.paramCount, device: ctx.device });
 
-  let logLossSum = 0;
-  let logSteps = 0;
-  let logTokens = 0;
+  const win = state.logWindow;
   let logStart = performance.now();
   let runTokens = 0;
   const runStart = performance.now();
@@ -129,11 +129,11 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
     state.sampler = loader.state();
     const stepLoss = r.tokens > 0 ? r.lossSum / r.tokens : NaN;
     if (!r.nonFinite && r.tokens > 0) {
-      logLossSum += stepLoss;
-      logSteps++;
+      win.lossSum += stepLoss;
+      win.steps++;
       lastTrainLoss = stepLoss;
     }
-    logTokens += micro.reduce((s, b) => s + b.numTokens, 0);
+    win.tokens += micro.reduce((s, b) => s + b.numTokens, 0);
     runTokens += micro.reduce((s, b) => s + b.numTokens, 0);
     const elapsed = (performance.now() - runStart) / 1000;
     events.onStep?.({ step: state.globalStep, totalSteps, loss: stepLoss, lr, tokensPerSecond: runTokens / Math.max(elapsed, 1e-9), elapsedSeconds: elapsed, memoryBytes: ctx.memoryBytes() });
@@ -144,17 +144,17 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
       const entry: LogEntry = {
         step: state.globalStep,
         epoch: round(state.globalStep / stepsPerEpoch, 4),
-        ...(logSteps ? { loss: round(logLossSum / logSteps) } : {}),
+        ...(win.steps ? { loss: round(win.lossSum / win.steps) } : {}),
         learning_rate: lr,
         grad_norm: round(r.gradNorm),
-        tokens_per_second: round(logTokens / Math.max(secs, 1e-9), 5),
+        tokens_per_second: round(win.tokens / Math.max(secs, 1e-9), 5),
         peak_memory_bytes: ctx.memoryBytes(),
       };
       state.logHistory.push(entry);
       events.onLog?.(entry);
-      logLossSum = 0;
-      logSteps = 0;
-      logTokens = 0;
+      win.lossSum = 0;
+      win.steps = 0;
+      win.tokens = 0;
       logStart = performance.now();
       await ctx.writeLogs();
     }

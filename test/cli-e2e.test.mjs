@@ -1,0 +1,135 @@
+// The CLI end to end on the demo model (random Qwen2 with the real Qwen2.5 tokenizer) and the
+// bundled corpus: train, --json, resume (bit-identical on the CPU), eval with the adapter, merge,
+// Ctrl-C, bad flags and bad configs.
+import { test, before } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import { cpSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { ensureDemoModel } from "../dist/demo/model.js";
+import { SafetensorsFile } from "../dist/io/safetensors.js";
+import { loadCheckpoint, findLatestCheckpoint } from "../dist/train/checkpoint.js";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const cli = path.join(root, "bin", "qlora-native.js");
+const work = mkdtempSync(path.join(os.tmpdir(), "qn-e2e-"));
+const env = { ...process.env, XDG_CACHE_HOME: path.join(work, "cache") };
+let modelDir;
+
+const run = (...args) => spawnSync(process.execPath, [cli, ...args], { encoding: "utf8", env, timeout: 300_000 });
+
+function writeConfig(name, outDir, extra = "") {
+  const file = path.join(work, `${name}.yaml`);
+  writeFileSync(
+    file,
+    `model:\n  name_or_path: ${modelDir}\n  compute_dtype: float32\n` +
+      `data:\n  dataset: demo\n  path: ${path.join(root, "assets", "demo")}\n  max_length: 32\n  packing: true\n  max_train_samples: 64\n  max_eval_samples: 8\n` +
+      `training:\n  max_steps: 6\n  per_device_train_batch_size: 2\n  per_device_eval_batch_size: 4\n  gradient_accumulation_steps: 2\n  learning_rate: 0.003\n  bf16: false\n` +
+      `  logging_steps: 2\n  eval_steps: 3\n  save_steps: 3\n  optim: adamw_32bit\n  lr_scheduler_type: cosine\n  warmup_steps: 1\n` +
+      `output:\n  dir: ${outDir}\n  save_total_limit: 3\n` +
+      `advanced:\n  device: cpu\n  cache_dir: ${path.join(work, "tokens")}\n` +
+      extra,
+  );
+  return file;
+}
+
+async function tensors(file) {
+  const f = await SafetensorsFile.open(file);
+  const out = {};
+  for (const name of f.tensors.keys()) out[name] = Buffer.from(await f.read(name)).toString("hex");
+  await f.close();
+  return out;
+}
+
+before(async () => {
+  modelDir = await ensureDemoModel(path.join(work, "demo-model"));
+});
+
+test("train --json writes the adapter, logs, plots and checkpoints; eval reproduces the final loss", async () => {
+  const out = path.join(work, "run-a");
+  const cfg = writeConfig("a", out);
+  const r = run("train", "--config", cfg, "--json");
+  assert.equal(r.status, 0, r.stderr);
+  const s = JSON.parse(r.stdout.trim().split("\n").pop());
+  assert.equal(s.global_step, 6);
+  assert.equal(s.stopped_by, "completed");
+  assert.ok(s.eval_loss < s.eval_loss_before, `eval loss fell: ${s.eval_loss_before} -> ${s.eval_loss}`);
+  for (const f of ["adapter_model.safetensors", "adapter_config.json", "trainer_state.json", "training_curves.html", "training_curves.svg", "config.resolved.yaml", "checkpoint-3"]) {
+    assert.ok(existsSync(path.join(out, f)), f);
+  }
+  const state = JSON.parse(readFileSync(path.join(out, "trainer_state.json"), "utf8"));
+  assert.equal(state.global_step, 6);
+  const logs = state.log_history.filter((e) => e.loss !== undefined);
+  assert.deepEqual(logs.map((e) => e.step), [2, 4, 6]);
+  for (const e of logs) for (const k of ["learning_rate", "grad_norm", "epoch", "tokens_per_second"]) assert.equal(typeof e[k], "number", k);
+  const evals = state.log_history.filter((e) => e.eval_loss !== undefined);
+  assert.deepEqual(evals.map((e) => e.step), [0, 3, 6]);
+  assert.ok(Math.abs(evals[2].eval_perplexity - Math.exp(evals[2].eval_loss)) < 1e-6 * evals[2].eval_perplexity);
+
+  const e = run("eval", "--config", cfg, "--adapter", out, "--json");
+  assert.equal(e.status, 0, e.stderr);
+  const ev = JSON.parse(e.stdout.trim());
+  assert.deepEqual(Object.keys(ev).sort(), ["eval_loss", "eval_tokens", "perplexity"]);
+  assert.ok(Math.abs(ev.eval_loss - s.eval_loss) < 1e-6, `${ev.eval_loss} vs ${s.eval_loss}`);
+  const base = JSON.parse(run("eval", "--config", cfg, "--json").stdout.trim());
+  assert.ok(Math.abs(base.eval_loss - s.eval_loss_before) < 1e-6, "without an adapter eval is the base model");
+
+  // resume from checkpoint-3 in a fresh folder: the same trajectory, bit for bit on the CPU
+  const outB = path.join(work, "run-b");
+  cpSync(path.join(out, "checkpoint-3"), path.join(outB, "checkpoint-3"), { recursive: true });
+  const rb = run("train", "--config", writeConfig("b", outB), "--resume", "latest", "--json");
+  assert.equal(rb.status, 0, rb.stderr);
+  assert.deepEqual(await tensors(path.join(outB, "adapter_model.safetensors")), await tensors(path.join(out, "adapter_model.safetensors")));
+  const stateB = JSON.parse(readFileSync(path.join(outB, "trainer_state.json"), "utf8"));
+  assert.deepEqual(stateB.log_history.filter((x) => x.loss !== undefined && x.step > 3).map((x) => [x.step, x.loss, x.grad_norm]), logs.filter((x) => x.step > 3).map((x) => [x.step, x.loss, x.grad_norm]));
+
+  // merge into a bf16 HF checkpoint
+  const merged = path.join(work, "merged");
+  const m = run("merge", "--adapter", out, "--out", merged, "--json");
+  assert.equal(m.status, 0, m.stderr);
+  assert.equal(JSON.parse(m.stdout.trim()).merged_tensors, 14);
+  const mt = await SafetensorsFile.open(path.join(merged, "model.safetensors"));
+  assert.equal(mt.tensors.get("model.layers.0.self_attn.q_proj.weight").dtype, "BF16");
+  await mt.close();
+  assert.ok(existsSync(path.join(merged, "tokenizer.json")));
+});
+
+test("Ctrl-C during training saves a loadable checkpoint and exits 130", async () => {
+  const out = path.join(work, "run-int");
+  const cfg = writeConfig("int", out, "");
+  const child = spawn(process.execPath, [cli, "train", "--config", cfg, "--set", "training.max_steps=400", "--set", "training.save_steps=1000", "--set", "training.eval_strategy=no"], { env, stdio: ["ignore", "pipe", "pipe"] });
+  let stdout = "";
+  let sent = false;
+  child.stdout.on("data", (d) => {
+    stdout += d;
+    if (!sent && /step 4\/400/.test(stdout)) {
+      sent = true;
+      child.kill("SIGINT");
+    }
+  });
+  const code = await new Promise((resolve) => child.on("exit", (c) => resolve(c)));
+  assert.equal(code, 130, stdout);
+  const latest = findLatestCheckpoint(out);
+  assert.ok(latest, "a checkpoint was written");
+  const ck = await loadCheckpoint(latest);
+  assert.ok(ck.step >= 4);
+  assert.match(stdout, /resume with --resume latest/);
+});
+
+test("bad flags and bad configs give one-line errors and a non-zero exit", () => {
+  const r = run("train", "--bogus");
+  assert.notEqual(r.status, 0);
+  assert.match(r.stderr, /^qlora-native: Unknown argument: bogus/);
+  const bad = path.join(work, "bad.yaml");
+  writeFileSync(bad, "training:\n  learnin_rate: 1\n");
+  const c = run("train", "--config", bad);
+  assert.notEqual(c.status, 0);
+  assert.match(c.stderr, /training\.learnin_rate/);
+  assert.match(c.stderr, /learning_rate/);
+  assert.doesNotMatch(c.stderr, /\n\s+at /, "no stack trace");
+  const e = run("eval", "--config", path.join(work, "missing.yaml"));
+  assert.notEqual(e.status, 0);
+  assert.equal(e.stderr.trim().split("\n").length, 1, e.stderr);
+});
