@@ -159,11 +159,16 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
       await ctx.writeLogs();
     }
     if (evalEvery > 0 && state.globalStep % evalEvery === 0 && !last) await runEval();
-    if (saveEvery > 0 && state.globalStep % saveEvery === 0 && !last) events.onSave?.(await ctx.saveCheckpoint("interval"));
+    if (saveEvery > 0 && state.globalStep % saveEvery === 0 && !last) {
+      // (not `onSave?.(await save())`: an absent handler would skip the save itself)
+      const dir = await ctx.saveCheckpoint("interval");
+      events.onSave?.(dir);
+    }
   }
 
   if (stoppedBy === "abort") {
-    events.onSave?.(await ctx.saveCheckpoint("interrupt"));
+    const dir = await ctx.saveCheckpoint("interrupt");
+    events.onSave?.(dir);
   } else {
     if (ctx.evalSet) await runEval();
     await ctx.writeLogs();

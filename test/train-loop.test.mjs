@@ -1,0 +1,136 @@
+// The training loop's semantics with a stand-in model: window-wide loss normalization, the lr per
+// update, logging cadence, and non-finite steps (skipped, counted, stop after the patience with a
+// checkpoint of the last good state).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { validateConfig } from "../dist/config/load.js";
+import { ExampleSet } from "../dist/data/batches.js";
+import { TrainLoader } from "../dist/data/loader.js";
+import { runTrainingLoop } from "../dist/train/loop.js";
+import { lrAt } from "../dist/train/schedule.js";
+import { QloraError } from "../dist/errors.js";
+
+function setup(training, model) {
+  const config = validateConfig({ model: { name_or_path: "/nowhere" }, training: { logging_steps: 2, eval_strategy: "no", save_strategy: "no", ...training }, advanced: { nonfinite_patience: 3 } });
+  // 12 rows of varied lengths -> padded examples, so targets differ per batch
+  const ids = [];
+  const offsets = [0];
+  for (let r = 0; r < 12; r++) {
+    for (let t = 0; t < 3 + (r % 5); t++) ids.push(10 + r + t);
+    offsets.push(ids.length);
+  }
+  const examples = ExampleSet.build({ ids: Int32Array.from(ids), offsets: Uint32Array.from(offsets) }, { maxLength: 8, packing: false, eosId: 1 });
+  const loader = new TrainLoader(examples, { batchSize: 2, seed: 7, padId: 1 });
+  const saved = [];
+  const logs = [];
+  const ctx = {
+    config,
+    model,
+    loader,
+    evalSet: null,
+    padId: 1,
+    device: "cpu",
+    dataParallel: 1,
+    state: { globalStep: 0, nonFiniteRun: 0, skippedSteps: 0, logHistory: [], sampler: loader.state(), logWindow: { lossSum: 0, steps: 0, tokens: 0 } },
+    events: { onLog: (e) => logs.push(e), onWarning: () => {} },
+    memoryBytes: () => 0,
+    saveCheckpoint: async (reason) => {
+      saved.push(reason);
+      return `/tmp/checkpoint-${reason}`;
+    },
+    writeLogs: async () => {},
+  };
+  return { ctx, saved, logs, config };
+}
+
+const targetsOf = (b) => {
+  let n = 0;
+  for (let r = 0; r < b.batchSize; r++) for (let t = 1; t < b.seqLen; t++) if (b.labels[r * b.seqLen + t] !== -100) n++;
+  return n;
+};
+
+test("one native call per step with gradScale = 1 / targets of the whole window, lr from the schedule", async () => {
+  const calls = [];
+  const model = {
+    paramCount: 10,
+    async trainStep(micro, gradScale, opt) {
+      calls.push({ micro, gradScale, opt });
+      const tokens = micro.reduce((s, b) => s + targetsOf(b), 0);
+      return { lossSum: 2 * tokens, tokens, gradNorm: 0.5, nonFinite: false, skipped: false };
+    },
+    async evalLoss() {
+      return { lossSum: 0, tokens: 1 };
+    },
+  };
+  const { ctx, logs } = setup({ max_steps: 5, gradient_accumulation_steps: 3, lr_scheduler_type: "linear", warmup_steps: 2, learning_rate: 0.01 }, model);
+  const res = await runTrainingLoop(ctx);
+  assert.equal(res.globalStep, 5);
+  assert.equal(calls.length, 5);
+  for (const [k, c] of calls.entries()) {
+    assert.equal(c.micro.length, 3);
+    const window = c.micro.reduce((s, b) => s + targetsOf(b), 0);
+    assert.equal(c.gradScale, 1 / window);
+    assert.equal(c.opt.lr, lrAt(k, { type: "linear", peak: 0.01, totalSteps: 5, warmupSteps: 2 }));
+    assert.equal(c.opt.maxGradNorm, 1);
+  }
+  assert.deepEqual(logs.map((e) => e.step), [2, 4, 5]);
+  for (const e of logs) assert.equal(e.loss, 2);
+});
+
+test("non-finite steps are skipped and counted; the patience stops training with a checkpoint", async () => {
+  let n = 0;
+  const model = {
+    paramCount: 10,
+    async trainStep(micro) {
+      n++;
+      const tokens = micro.reduce((s, b) => s + targetsOf(b), 0);
+      const bad = n >= 3; // two good steps, then NaN forever
+      return { lossSum: bad ? NaN : tokens, tokens, gradNorm: bad ? NaN : 1, nonFinite: bad, skipped: bad };
+    },
+    async evalLoss() {
+      return { lossSum: 0, tokens: 1 };
+    },
+  };
+  const { ctx, saved } = setup({ max_steps: 50 }, model);
+  await assert.rejects(runTrainingLoop(ctx), (e) => e instanceof QloraError && e.code === "E_NONFINITE" && /3 non-finite steps in a row/.test(e.message) && /checkpoint-nonfinite/.test(e.message));
+  assert.equal(n, 5);
+  assert.deepEqual(saved, ["nonfinite"]);
+  assert.equal(ctx.state.skippedSteps, 3);
+});
+
+test("an aborted run saves a checkpoint and reports it", async () => {
+  const ac = new AbortController();
+  const model = {
+    paramCount: 1,
+    async trainStep(micro) {
+      ac.abort();
+      const tokens = micro.reduce((s, b) => s + targetsOf(b), 0);
+      return { lossSum: tokens, tokens, gradNorm: 1, nonFinite: false, skipped: false };
+    },
+    async evalLoss() {
+      return { lossSum: 0, tokens: 1 };
+    },
+  };
+  const { ctx, saved } = setup({ max_steps: 50 }, model);
+  ctx.signal = ac.signal;
+  const res = await runTrainingLoop(ctx);
+  assert.equal(res.stoppedBy, "abort");
+  assert.equal(res.globalStep, 1);
+  assert.deepEqual(saved, ["interrupt"]);
+});
+
+test("interval checkpoints are written even with no onSave listener", async () => {
+  const model = {
+    paramCount: 1,
+    async trainStep(micro) {
+      const tokens = micro.reduce((s, b) => s + targetsOf(b), 0);
+      return { lossSum: tokens, tokens, gradNorm: 1, nonFinite: false, skipped: false };
+    },
+    async evalLoss() {
+      return { lossSum: 0, tokens: 1 };
+    },
+  };
+  const { ctx, saved } = setup({ max_steps: 5, save_strategy: "steps", save_steps: 2 }, model);
+  await runTrainingLoop(ctx);
+  assert.deepEqual(saved, ["interval", "interval"]);
+});
