@@ -1,46 +1,19 @@
 // What the training loop needs from a model, and what it reports. The Qwen2 model (ts/model)
 // implements TrainableModel; tests can drive the loop with any object that does.
 import type { Batch } from "../data/batches.js";
+import type { LoraTensorData, MemoryReport, NativeOptimOptions, TrainStepResult } from "../model/native-model.js";
 import type { LossModel } from "./evaluate.js";
 
-export type OptimizerName = "adamw_32bit" | "paged_adamw_32bit" | "paged_adamw_8bit";
-
-export interface OptimOptions {
-  lr: number;
-  weightDecay: number;
-  beta1: number;
-  beta2: number;
-  eps: number;
-  /** 0 disables clipping */
-  maxGradNorm: number;
-  optim: OptimizerName;
-}
-
-export interface StepResult {
-  lossSum: number;
-  tokens: number;
-  /** global L2 norm of the gradients before clipping */
-  gradNorm: number;
-  nonFinite: boolean;
-  skipped: boolean;
-}
-
-export interface LoraTensor {
-  shape: number[];
-  data: Float32Array;
-}
+export type { OptimizerName, MemoryReport } from "../model/native-model.js";
+/** Hyper-parameters of one optimizer step (the model's native options). */
+export type OptimOptions = NativeOptimOptions;
+/** What one training step reports: loss sum and target count, grad norm, non-finite flag. */
+export type StepResult = Pick<TrainStepResult, "lossSum" | "tokens" | "gradNorm" | "nonFinite" | "skipped">;
+export type LoraTensor = LoraTensorData;
 
 export interface OptimizerStateBlob {
   step: number;
   tensors: Record<string, Uint8Array>;
-}
-
-export interface MemoryReport {
-  weights: number;
-  adapters: number;
-  optimizer: number;
-  activations: number;
-  peak: number;
 }
 
 export interface TrainableModel extends LossModel {
