@@ -226,3 +226,25 @@ QN_BENCH(lora_linear) {
   }
   return 0;
 }
+
+// The reference rates alone (qn_bench --filter peak), for `qlora-native bench e2e`'s MFU: on the CPU
+// the in-register f32 FMA and bf16 (vdpbf16ps) loops on every pool thread; on both devices a bf16
+// GEMM through our own gemm op (qnbench::gemm_rate_bf16).
+QN_BENCH(peak) {
+  auto ctx = qn::open_context(qn::parse_device(opt.device));
+  const bool cuda = ctx->device().type == qn::DeviceType::CUDA;
+  double peak32 = 0, peak16 = 0;
+  if (!cuda) {
+#if defined(__x86_64__)
+    const auto& f = qn::cpu_features();
+    if (f.avx512f) peak32 = cpu_peak(fma_chains, 12 * 16 * 2);
+    else if (f.avx2 && f.fma) peak32 = cpu_peak(fma_chains_avx2, 12 * 8 * 2);
+    peak16 = f.avx512_bf16 ? cpu_peak(dpbf16_chains, 12 * 16 * 4) : peak32;
+#endif
+  }
+  const double g = qnbench::gemm_rate_bf16(ctx) / 1e9;
+  std::printf("peak on %s, %d CPU threads: f32 %.1f GFLOP/s, bf16 %.1f GFLOP/s (in-register loop), gemm bf16 %.1f GFLOP/s (%s)\n",
+              ctx->device().str().c_str(), qn::num_threads(), cuda ? 0.0 : peak32, cuda ? 0.0 : peak16, g,
+              cuda ? "8192^3" : "1024x2048x2048");
+  return 0;
+}
