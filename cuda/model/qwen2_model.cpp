@@ -31,6 +31,11 @@ const char* const kBwdNames[kNumModules] = {"bwd.q_proj", "bwd.k_proj", "bwd.v_p
 
 // Bytes of one LM-head chunk of f32 logits we aim for (DESIGN.md 4: never [tokens x vocab]).
 constexpr int64_t kHeadChunkBytes = 64ll << 20;
+// ... but at least this many rows per chunk: each chunk packs the whole [V, H] head weight twice
+// (forward and backward GEMM), which below ~256 rows costs about as much as the GEMM itself
+// (Qwen2.5-0.5B, 2 threads: 110-row chunks ran the head GEMMs at ~150 GFLOP/s, 256-row chunks at
+// ~300-380). For V = 151936 this is a 155 MB f32 chunk.
+constexpr int64_t kHeadMinRows = 256;
 
 uint64_t mix64(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -716,12 +721,16 @@ LossResult Qwen2Model::head_loss(const Ctx& c, const Tensor& x, const Tensor& dx
   rmsnorm_forward(cx, RmsNormForwardArgs{x, final_norm_, hf, rstd, cfg_.rms_eps});
   tick("norm");
   Tensor dhf = grad ? ws("H.dhf", d, {m, H}) : Tensor();
-  static const int64_t chunk_bytes = [] {
-    const char* e = std::getenv("QN_MODEL_HEAD_CHUNK_MB");  // tuning knob; default 64 MB
+  // QN_MODEL_HEAD_CHUNK_MB (tuning knob) sets the chunk size exactly; the default is
+  // kHeadChunkBytes with the kHeadMinRows floor.
+  static const int64_t env_chunk_bytes = [] {
+    const char* e = std::getenv("QN_MODEL_HEAD_CHUNK_MB");
     const long long mb = e ? std::atoll(e) : 0;
-    return mb > 0 ? static_cast<int64_t>(mb) << 20 : kHeadChunkBytes;
+    return mb > 0 ? static_cast<int64_t>(mb) << 20 : int64_t(0);
   }();
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(m, chunk_bytes / (V * 4)));
+  const int64_t chunk =
+      std::max<int64_t>(1, std::min<int64_t>(m, env_chunk_bytes ? env_chunk_bytes / (V * 4)
+                                                                 : std::max(kHeadChunkBytes / (V * 4), kHeadMinRows)));
   Tensor row_loss = c.tgt.defined() ? ws("H.rowloss", DType::F32, {m}) : Tensor();
   if (c.tgt.defined()) {
     ctx_->memset(scalar_f32_.raw(), 0, 4);
