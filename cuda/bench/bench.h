@@ -91,8 +91,10 @@ struct Row {
 };
 // Prints the rows as a table: ms/call, GB/s and % of `copy_bytes_per_s`.
 void print_rows(const std::string& title, const std::vector<Row>& rows, double copy_bytes_per_s);
-// Prints the rows as a table: ms/call, TFLOP/s and % of `peak_flops_per_s` (header "of gemm").
-void print_flop_rows(const std::string& title, const std::vector<Row>& rows, double peak_flops_per_s);
+// Prints the rows as a table: ms/call, TFLOP/s and % of `peak_flops_per_s` (column `label`: "of gemm"
+// for a GEMM rate measured in the same run, "of peak" for an in-register loop's rate).
+void print_flop_rows(const std::string& title, const std::vector<Row>& rows, double peak_flops_per_s,
+                     const char* label = "of gemm");
 inline Row row(std::string name, double bytes, double seconds, const Err& e, std::string note = "") {
   Row r{std::move(name), bytes, seconds, std::move(note)};
   r.checked = true;

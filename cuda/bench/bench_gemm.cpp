@@ -44,23 +44,6 @@ const LinearShape kShapes[] = {
     {"3B", "gate/up", 2048, 11008},   {"3B", "down", 11008, 2048},
 };
 
-Tensor random_tensor(const std::shared_ptr<qn::Context>& ctx, DType dt, const qn::Shape& s, float scale, uint64_t seed) {
-  const int64_t n = qn::shape_numel(s);
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<float> d(-scale, scale);
-  Tensor t = Tensor::empty(ctx, dt, s);
-  if (dt == DType::F32) {
-    std::vector<float> h(static_cast<size_t>(n));
-    for (auto& v : h) v = d(rng);
-    ctx->copy_from_host(t.raw(), h.data(), h.size() * 4);
-  } else {
-    std::vector<uint16_t> h(static_cast<size_t>(n));
-    for (auto& v : h) v = qn::f32_to_bf16(d(rng));
-    ctx->copy_from_host(t.raw(), h.data(), h.size() * 2);
-  }
-  return t;
-}
-
 // ---- CPU peak: independent FMA chains in registers, on every pool thread ----------------------
 #if defined(__x86_64__)
 __attribute__((target("avx512f"))) float fma_chains(long iters) {
@@ -119,15 +102,22 @@ double cpu_peak(float (*chains)(long), double flops_per_iter) {
   return best;
 }
 
-void print_header(const char* title) {
-  std::printf("\n%s\n  %-34s %6s %6s %6s %10s %10s %8s\n", title, "case", "M", "K", "N", "ms/call", "GFLOP/s", "of peak");
+std::string dims(int64_t m, int64_t k, int64_t n) {
+  return " " + std::to_string(m) + "x" + std::to_string(k) + "x" + std::to_string(n);
 }
 
-void print_line(const std::string& name, int64_t m, int64_t k, int64_t n, double sec, double flops, double peak) {
-  const double gf = flops / sec / 1e9;
-  std::printf("  %-34s %6lld %6lld %6lld %10.3f %10.1f %7.0f%%\n", name.c_str(), (long long)m, (long long)k, (long long)n,
-              sec * 1e3, gf, peak > 0 ? 100.0 * gf / peak : 0.0);
-  std::fflush(stdout);
+// The first rows of y = x W^T (nt) or y = x W (nn) in float64, from host copies.
+std::vector<double> gemm_rows_f64(const std::vector<float>& x, const std::vector<float>& w, int64_t rows, int64_t k, int64_t n, bool nt) {
+  std::vector<double> y(static_cast<size_t>(rows * n));
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const double xv = x[i * k + kk];
+      if (nt)
+        for (int64_t j = 0; j < n; ++j) y[i * n + j] += xv * w[j * k + kk];
+      else
+        for (int64_t j = 0; j < n; ++j) y[i * n + j] += xv * w[kk * n + j];
+    }
+  return y;
 }
 
 }  // namespace
@@ -137,9 +127,9 @@ QN_BENCH(gemm) {
   const bool cuda = ctx->device().type == qn::DeviceType::CUDA;
   const int64_t m = opt.n > 0 ? opt.n : cuda ? 8192 : 256;
   const int iters = opt.iters > 0 ? opt.iters : cuda ? 20 : 3;
-  const int reps = cuda ? 3 : 5;
+  const int reps = cuda ? 5 : 3;
   double peak32 = 0, peak16 = 0;
-  std::printf("gemm bench on %s, M = %lld tokens", ctx->device().str().c_str(), (long long)m);
+  std::printf("gemm bench on %s, M = %lld tokens, median of %d x %d calls", ctx->device().str().c_str(), (long long)m, reps, iters);
   if (!cuda) {
     const auto& f = qn::cpu_features();
     std::printf(", %d threads, %s; kernels: f32 %s, bf16 %s\n", qn::num_threads(), f.brand.c_str(),
@@ -153,30 +143,56 @@ QN_BENCH(gemm) {
                 f.avx512_bf16 ? "vdpbf16ps" : "(as f32)", peak16);
   } else {
     const double copy = qnbench::copy_bandwidth(ctx, size_t(1) << 30, 10, 3);
-    const int64_t s = 8192;
-    Tensor a = random_tensor(ctx, DType::BF16, {s, s}, 1.f, 1), b = random_tensor(ctx, DType::BF16, {s, s}, 1.f, 2);
-    Tensor c = Tensor::empty(ctx, DType::BF16, {s, s});
-    const double sec = qnbench::time_best(*ctx, reps, 10, [&] { qn::gemm(*ctx, qn::GemmArgs{a, b, c, false, true}); });
-    peak16 = 2.0 * s * s * s / sec / 1e9;
-    Tensor a32 = random_tensor(ctx, DType::F32, {4096, 4096}, 1.f, 3), b32 = random_tensor(ctx, DType::F32, {4096, 4096}, 1.f, 4);
+    peak16 = qnbench::gemm_rate_bf16(ctx) / 1e9;
+    Tensor a32 = qnbench::random(ctx, DType::F32, {4096, 4096}, 1.f, 3), b32 = qnbench::random(ctx, DType::F32, {4096, 4096}, 1.f, 4);
     Tensor c32 = Tensor::empty(ctx, DType::F32, {4096, 4096});
-    const double sec32 = qnbench::time_best(*ctx, reps, 5, [&] { qn::gemm(*ctx, qn::GemmArgs{a32, b32, c32, false, true}); });
+    const double sec32 = qnbench::time_median(*ctx, reps, 5, [&] { qn::gemm(*ctx, qn::GemmArgs{a32, b32, c32, false, true}); });
     peak32 = 2.0 * 4096.0 * 4096 * 4096 / sec32 / 1e9;
     std::printf("\n  reference: copy %.0f GB/s; gemm bf16 8192^3 %.1f TFLOP/s; gemm f32 4096^3 %.1f TFLOP/s\n", copy / 1e9,
                 peak16 / 1e3, peak32 / 1e3);
   }
+  // Check rows: on CUDA 64 rows against the CPU backend; on the CPU 4 rows against float64.
+  const int64_t cm = std::min<int64_t>(m, cuda ? 64 : 4);
   for (DType dt : {DType::F32, DType::BF16}) {
-    print_header((std::string("gemm ") + qn::dtype_name(dt) + " (C in the input dtype)").c_str());
-    const double peak = dt == DType::F32 ? peak32 : peak16;
+    std::vector<qnbench::Row> rows;
+    const double peak = (dt == DType::F32 ? peak32 : peak16) * 1e9;
     for (const auto& sh : kShapes) {
-      Tensor x = random_tensor(ctx, dt, {m, sh.in}, 1.f, 10), w = random_tensor(ctx, dt, {sh.out, sh.in}, 0.05f, 11);
+      Tensor x = qnbench::random(ctx, dt, {m, sh.in}, 1.f, 10), w = qnbench::random(ctx, dt, {sh.out, sh.in}, 0.05f, 11);
       Tensor y = Tensor::empty(ctx, dt, {m, sh.out}), dx = Tensor::empty(ctx, dt, {m, sh.in});
+      qnbench::Err ef, eb;
+      {
+        Tensor xs = qnbench::random(ctx, dt, {cm, sh.in}, 1.f, 12), dys = qnbench::random(ctx, dt, {cm, sh.out}, 1.f, 13);
+        Tensor ys = Tensor::empty(ctx, dt, {cm, sh.out}), dxs = Tensor::empty(ctx, dt, {cm, sh.in});
+        qn::gemm(*ctx, qn::GemmArgs{xs, w, ys, false, true});
+        qn::gemm(*ctx, qn::GemmArgs{dys, w, dxs});
+        if (cuda) {
+          auto rc = qnbench::cpu_context();
+          Tensor X = qnbench::convert(rc, xs, dt), W = qnbench::convert(rc, w, dt), DY = qnbench::convert(rc, dys, dt);
+          Tensor Y = Tensor::empty(rc, dt, {cm, sh.out}), DX = Tensor::empty(rc, dt, {cm, sh.in});
+          qn::gemm(*rc, qn::GemmArgs{X, W, Y, false, true});
+          qn::gemm(*rc, qn::GemmArgs{DY, W, DX});
+          ef = qnbench::compare(ys, Y);
+          eb = qnbench::compare(dxs, DX);
+        } else {
+          const auto wh = qnbench::to_floats(w);
+          ef = qnbench::compare(qnbench::to_floats(ys), gemm_rows_f64(qnbench::to_floats(xs), wh, cm, sh.in, sh.out, true));
+          eb = qnbench::compare(qnbench::to_floats(dxs), gemm_rows_f64(qnbench::to_floats(dys), wh, cm, sh.out, sh.in, false));
+        }
+      }
       const double flops = 2.0 * m * sh.in * sh.out;
-      const double fwd = qnbench::time_best(*ctx, reps, iters, [&] { qn::gemm(*ctx, qn::GemmArgs{x, w, y, false, true}); });
-      print_line(std::string(sh.model) + " " + sh.name + " y=xW^T", m, sh.in, sh.out, fwd, flops, peak);
-      const double bwd = qnbench::time_best(*ctx, reps, iters, [&] { qn::gemm(*ctx, qn::GemmArgs{y, w, dx}); });
-      print_line(std::string(sh.model) + " " + sh.name + " dx=dyW", m, sh.out, sh.in, bwd, flops, peak);
+      const double fwd = qnbench::time_median(*ctx, reps, iters, [&] { qn::gemm(*ctx, qn::GemmArgs{x, w, y, false, true}); });
+      qnbench::Row rf = qnbench::row(std::string(sh.model) + " " + sh.name + " y=xW^T" + dims(m, sh.in, sh.out), 0, fwd, ef);
+      rf.flops = flops;
+      rows.push_back(rf);
+      const double bwd = qnbench::time_median(*ctx, reps, iters, [&] { qn::gemm(*ctx, qn::GemmArgs{y, w, dx}); });
+      qnbench::Row rb = qnbench::row(std::string(sh.model) + " " + sh.name + " dx=dyW" + dims(m, sh.out, sh.in), 0, bwd, eb);
+      rb.flops = flops;
+      rows.push_back(rb);
     }
+    qnbench::print_flop_rows(std::string("gemm ") + qn::dtype_name(dt) + " (C in the input dtype; MxKxN; of peak: " +
+                                 (cuda ? "our gemm at 8192^3 bf16 / 4096^3 f32" : "in-register loop") + "; check " +
+                                 (cuda ? "vs CPU backend, 64 rows)" : "vs float64, 4 rows)"),
+                             rows, peak, "of peak");
   }
   return 0;
 }
@@ -186,44 +202,96 @@ QN_BENCH(lora_linear) {
   const bool cuda = ctx->device().type == qn::DeviceType::CUDA;
   const int64_t m = opt.n > 0 ? opt.n : cuda ? 8192 : 256;
   const int iters = opt.iters > 0 ? opt.iters : cuda ? 20 : 3;
-  const int reps = cuda ? 3 : 5;
+  const int reps = cuda ? 5 : 3;
   const int64_t r = 16;
-  std::printf("\nlora_linear bench on %s: NF4 base (bs 64, double quant), r = %lld, bf16 x, M = %lld tokens\n",
-              ctx->device().str().c_str(), (long long)r, (long long)m);
-  std::printf("  %-22s %6s %6s %10s %10s %10s %10s %9s %9s\n", "case", "in", "out", "gemm ms", "fwd ms", "bwd ms",
-              "bwd p=.1", "fwd/gemm", "bwd/gemm");
+  std::printf("\nlora_linear bench on %s: NF4 base (bs 64, double quant), r = %lld, bf16 x, M = %lld tokens, median of %d x %d calls\n",
+              ctx->device().str().c_str(), (long long)r, (long long)m, reps, iters);
+  const double gemm_rate = qnbench::gemm_rate_bf16(ctx);
+  const int64_t cm = std::min<int64_t>(m, 64);
+  std::vector<qnbench::Row> rows;
   for (const auto& sh : kShapes) {
-    Tensor w = random_tensor(ctx, DType::BF16, {sh.out, sh.in}, 0.05f, 20);
+    Tensor w = qnbench::random(ctx, DType::BF16, {sh.out, sh.in}, 0.05f, 20);
     qn::Nf4Weight nf4 = qn::nf4_quantize_weight(w, 64, true, "bench");
     qn::LoraLinear L;
     L.nf4 = &nf4;
-    L.lora_a = random_tensor(ctx, DType::F32, {r, sh.in}, 0.05f, 21);
-    L.lora_b = random_tensor(ctx, DType::F32, {sh.out, r}, 0.05f, 22);
+    L.lora_a = qnbench::random(ctx, DType::F32, {r, sh.in}, 0.05f, 21);
+    L.lora_b = qnbench::random(ctx, DType::F32, {sh.out, r}, 0.05f, 22);
     L.scale = 2.f;
-    Tensor x = random_tensor(ctx, DType::BF16, {m, sh.in}, 1.f, 23), dy = random_tensor(ctx, DType::BF16, {m, sh.out}, 1.f, 24);
+    // ---- check (cm rows): y, dx, dA, dB; CUDA against the CPU backend (bf16, the NF4 weight
+    // quantized again on the CPU: codes are bit-identical), the CPU against its f32 path ----
+    qnbench::Err ef, eb;
+    {
+      struct Out {
+        Tensor y, u, dx, ga, gb;
+      };
+      auto run = [&](const std::shared_ptr<qn::Context>& c, const qn::LoraLinear& layer, const Tensor& x, const Tensor& dy) {
+        const DType dt = x.dtype();
+        Out o{Tensor::empty(c, dt, {cm, sh.out}), Tensor::empty(c, DType::F32, {cm, r}), Tensor::empty(c, dt, {cm, sh.in}),
+              Tensor::empty(c, DType::F32, {r, sh.in}), Tensor::empty(c, DType::F32, {sh.out, r})};
+        c->memset(o.ga.raw(), 0, o.ga.nbytes());
+        c->memset(o.gb.raw(), 0, o.gb.nbytes());
+        qn::lora_linear_forward(*c, qn::LoraLinearForwardArgs{layer, x, o.y, o.u});
+        qn::lora_linear_backward(*c, qn::LoraLinearBackwardArgs{layer, x, dy, o.u, o.dx, false, o.ga, o.gb});
+        return o;
+      };
+      Tensor xs = qnbench::random(ctx, DType::BF16, {cm, sh.in}, 1.f, 25), dys = qnbench::random(ctx, DType::BF16, {cm, sh.out}, 1.f, 26);
+      const Out got = run(ctx, L, xs, dys);
+      auto rc = cuda ? qnbench::cpu_context() : ctx;
+      const DType rdt = cuda ? DType::BF16 : DType::F32;
+      qn::Nf4Weight rn = cuda ? qn::nf4_quantize_weight(qnbench::convert(rc, w, DType::BF16), 64, true, "bench") : nf4;
+      qn::LoraLinear RL = L;
+      RL.nf4 = &rn;
+      RL.lora_a = qnbench::convert(rc, L.lora_a, DType::F32);
+      RL.lora_b = qnbench::convert(rc, L.lora_b, DType::F32);
+      const Out ref = run(rc, RL, qnbench::convert(rc, xs, rdt), qnbench::convert(rc, dys, rdt));
+      ef = qnbench::compare(got.y, ref.y);
+      eb = qnbench::compare(got.dx, ref.dx);
+      eb.merge(qnbench::compare(got.ga, ref.ga));
+      eb.merge(qnbench::compare(got.gb, ref.gb));
+    }
+    // ---- timing ----
+    Tensor x = qnbench::random(ctx, DType::BF16, {m, sh.in}, 1.f, 23), dy = qnbench::random(ctx, DType::BF16, {m, sh.out}, 1.f, 24);
     Tensor y = Tensor::empty(ctx, DType::BF16, {m, sh.out}), u = Tensor::empty(ctx, DType::F32, {m, r});
     Tensor dx = Tensor::empty(ctx, DType::BF16, {m, sh.in});
     Tensor ga = Tensor::empty(ctx, DType::F32, {r, sh.in}), gb = Tensor::empty(ctx, DType::F32, {sh.out, r});
     ctx->memset(ga.raw(), 0, ga.nbytes());
     ctx->memset(gb.raw(), 0, gb.nbytes());
-    const double g = qnbench::time_best(*ctx, reps, iters, [&] { qn::gemm(*ctx, qn::GemmArgs{x, w, y, false, true}); });
-    const double f = qnbench::time_best(*ctx, reps, iters, [&] {
+    const double g = qnbench::time_median(*ctx, reps, iters, [&] { qn::gemm(*ctx, qn::GemmArgs{x, w, y, false, true}); });
+    const double f = qnbench::time_median(*ctx, reps, iters, [&] {
       qn::lora_linear_forward(*ctx, qn::LoraLinearForwardArgs{L, x, y, u});
     });
-    const double b = qnbench::time_best(*ctx, reps, iters, [&] {
+    const double b = qnbench::time_median(*ctx, reps, iters, [&] {
       qn::lora_linear_backward(*ctx, qn::LoraLinearBackwardArgs{L, x, dy, u, dx, false, ga, gb});
     });
     qn::LoraLinear Ld = L;
     Ld.dropout = 0.1f;
     Ld.seed = 7;
-    const double bd = qnbench::time_best(*ctx, reps, iters, [&] {
+    const double bd = qnbench::time_median(*ctx, reps, iters, [&] {
       qn::lora_linear_backward(*ctx, qn::LoraLinearBackwardArgs{Ld, x, dy, u, dx, false, ga, gb});
     });
-    std::printf("  %-22s %6lld %6lld %10.3f %10.3f %10.3f %10.3f %8.2fx %8.2fx\n",
-                (std::string(sh.model) + " " + sh.name).c_str(), (long long)sh.in, (long long)sh.out, g * 1e3, f * 1e3,
-                b * 1e3, bd * 1e3, f / g, b / g);
-    std::fflush(stdout);
+    // Model FLOPs: forward x W^T plus the LoRA terms u = x A^T, y += s u B^T; backward dx = dy W
+    // plus (dy B) A, dA, dB.
+    const double base = 2.0 * m * sh.in * sh.out, lora = 2.0 * m * r * (sh.in + sh.out);
+    const std::string name = std::string(sh.model) + " " + sh.name + dims(m, sh.in, sh.out);
+    char note[64];
+    qnbench::Row rg = qnbench::row(name + " bf16 gemm", 0, g, {}, "");
+    rg.checked = false;
+    rg.flops = base;
+    std::snprintf(note, sizeof note, "%.2fx gemm", f / g);
+    qnbench::Row rf = qnbench::row(name + " fwd", 0, f, ef, note);
+    rf.flops = base + lora;
+    std::snprintf(note, sizeof note, "%.2fx gemm", b / g);
+    qnbench::Row rb = qnbench::row(name + " bwd", 0, b, eb, note);
+    rb.flops = base + 2 * lora;
+    std::snprintf(note, sizeof note, "%.2fx gemm (dropout 0.1; check: none)", bd / g);
+    qnbench::Row rd{name + " bwd p=.1", 0, bd, note};
+    rd.flops = base + 2 * lora;
+    for (auto* x2 : {&rg, &rf, &rb, &rd}) rows.push_back(*x2);
   }
+  char title[200];
+  std::snprintf(title, sizeof title, "lora_linear (MxKxN; of gemm: bf16 GEMM %s at %.3f TFLOP/s, same run; check %s, %lld rows)",
+                cuda ? "8192^3" : "1024x2048x2048", gemm_rate / 1e12, cuda ? "vs CPU backend" : "vs CPU f32 path", (long long)cm);
+  qnbench::print_flop_rows(title, rows, gemm_rate);
   return 0;
 }
 

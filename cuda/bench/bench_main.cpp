@@ -178,9 +178,9 @@ static std::string full_note(const Row& r) {
 
 // One table: ms/call (median) and either GB/s of `bytes` against the copy bandwidth or TFLOP/s of
 // `flops` against the GEMM rate.
-static void print_table(const std::string& title, const std::vector<Row>& rows, double ref_per_s, bool flops) {
+static void print_table(const std::string& title, const std::vector<Row>& rows, double ref_per_s, bool flops, const char* label) {
   std::printf("\n%s\n", title.c_str());
-  std::printf("  %-40s %10s %10s %9s  %s\n", "case", "ms/call", flops ? "TFLOP/s" : "GB/s", flops ? "of gemm" : "of copy",
+  std::printf("  %-40s %10s %10s %9s  %s\n", "case", "ms/call", flops ? "TFLOP/s" : "GB/s", label,
               "(ms/call: median)");
   for (const Row& r : rows) {
     const double per_s = (flops ? r.flops : r.bytes) / r.seconds;
@@ -192,11 +192,11 @@ static void print_table(const std::string& title, const std::vector<Row>& rows, 
 }
 
 void print_rows(const std::string& title, const std::vector<Row>& rows, double copy_bytes_per_s) {
-  print_table(title, rows, copy_bytes_per_s, false);
+  print_table(title, rows, copy_bytes_per_s, false, "of copy");
 }
 
-void print_flop_rows(const std::string& title, const std::vector<Row>& rows, double peak_flops_per_s) {
-  print_table(title, rows, peak_flops_per_s, true);
+void print_flop_rows(const std::string& title, const std::vector<Row>& rows, double peak_flops_per_s, const char* label) {
+  print_table(title, rows, peak_flops_per_s, true, label);
 }
 
 }  // namespace qnbench

@@ -52,6 +52,8 @@ export interface BenchRow {
   /** GEMM-rate tables: TFLOP/s and the fraction of the bf16 GEMM rate measured in the same run */
   tflops?: number;
   fractionOfGemm?: number;
+  /** the gemm tables: the fraction of the in-register FMA / dot-product loop's rate (CPU) */
+  fractionOfPeak?: number;
   /** max |result - reference| of the check run before timing, and that over max |reference| */
   maxError?: number;
   relError?: number;
@@ -64,18 +66,20 @@ export function parseBenchOutput(kernel: string, text: string): BenchRow[] {
   const rows: BenchRow[] = [];
   let table = "";
   let flops = false;
+  let ofPeak = false;
   let prev = "";
   for (const line of text.split("\n")) {
     if (/ms\/call/.test(line)) {
       table = prev.trim();
       flops = /TFLOP\/s/.test(line);
+      ofPeak = /of peak/.test(line);
       prev = line;
       continue;
     }
     const m = /^\s{2}(\S.*?)\s{2,}([\d.]+)\s+([\d.]+)\s+([\d.]+)%\s*(.*)$/.exec(line);
     if (m && table) {
       const row: BenchRow = { kernel, table, case: m[1].trim(), ms: Number(m[2]) };
-      if (flops) Object.assign(row, { tflops: Number(m[3]), fractionOfGemm: Number(m[4]) / 100 });
+      if (flops) Object.assign(row, { tflops: Number(m[3]), [ofPeak ? "fractionOfPeak" : "fractionOfGemm"]: Number(m[4]) / 100 });
       else Object.assign(row, { gbs: Number(m[3]), fractionOfCopy: Number(m[4]) / 100 });
       const e = /max abs err ([\d.eE+-]+|inf|nan) \(rel ([\d.eE+-]+|inf|nan)\)/.exec(m[5]);
       if (e) Object.assign(row, { maxError: Number(e[1]), relError: Number(e[2]) });
