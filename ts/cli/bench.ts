@@ -99,7 +99,7 @@ export function parsePeak(text: string): { f32: number; bf16: number; gemm: numb
 
 export const benchCommand: CommandModule<object, BenchArgs> = {
   command: "bench [kernel..]",
-  describe: `Benchmark the kernels against this machine's copy bandwidth (${BENCH_KERNELS.join(", ")})`,
+  describe: `Benchmark the kernels (checked against a reference first) against this machine's copy bandwidth or GEMM rate, and end-to-end training (${BENCH_KERNELS.join(", ")})`,
   builder: (y) =>
     y
       .positional("kernel", { type: "string", array: true, default: [] as string[], describe: "kernels to run (default: all)" })
