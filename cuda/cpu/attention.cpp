@@ -3,7 +3,9 @@
 //             online softmax; S = Q K^T and O += P V as small f32 micro-GEMMs; saves lse.
 //   backward  delta = rowsum(dout * out); then tasks (b, kv head, key tile) accumulate dK, dV over
 //             the group's q heads and query tiles; tasks (b, q head, query tile) accumulate dQ.
-//             (Two passes recompute P instead of racing on dQ: deterministic, no atomics.)
+//             (Two passes recompute P instead of racing on dQ: deterministic, no atomics.) When
+//             T is small, the dK/dV tasks also store each key tile's dS K and a reduction pass
+//             sums them in key-tile order (still deterministic, no recomputation).
 // No T x T matrix: per task only 64 x 64 score tiles. K and V (and in backward q * scale and dout)
 // are first packed per head into f32 (K, V also transposed), zero-padded to whole tiles. The task bodies are compiled three times (AVX-512, AVX2, baseline) and picked
 // with cpu_features(); the two micro-GEMMs (S = A B^T over D, C += A B over the tile) are AVX-512
@@ -31,6 +33,8 @@ struct Job {
   const void* dout;
   void *dq, *dk, *dv;
   const float* delta;  // backward: [B, Hq, T]
+  // Backward, fused dQ: per key tile partial sums of dS K, [nt, B, Hq, Tp, D] (null: separate dQ pass).
+  float* dqp;
   int64_t b, t, tp, hq, hkv, d;  // tp: T rounded up to the tile size
   float scale;
   bool causal;
@@ -52,6 +56,7 @@ struct Job {
   const float* vr_at(int64_t bi, int64_t g, int64_t j0) const { return vr + ((bi * hkv + g) * tp + j0) * d; }
   const float* qf_at(int64_t bi, int64_t h, int64_t i0) const { return qf + ((bi * hq + h) * tp + i0) * d; }
   const float* dof_at(int64_t bi, int64_t h, int64_t i0) const { return dof + ((bi * hq + h) * tp + i0) * d; }
+  float* dqp_at(int64_t kt, int64_t bi, int64_t h, int64_t i0) const { return dqp + (((kt * b + bi) * hq + h) * tp + i0) * d; }
 };
 
 // Per-thread tile buffers (f32).
@@ -287,6 +292,11 @@ QN_XF_INLINE void dkv_task(const Job& jb, Bufs& w, int64_t task) {
       scores_and_ds(jb, w, bi, h, g, i0, nq, j0);
       jb.acc(w.dv.data(), w.s.data(), 1, kB, jb.dof_at(bi, h, i0), d);  // dV += P^T dO
       jb.acc(w.dk.data(), w.dp.data(), 1, kB, jb.qf_at(bi, h, i0), d);  // dK += dS^T (scale q)
+      if (jb.dqp) {  // this key tile's share of dQ: dS K (summed over key tiles in dq_reduce_task)
+        float* part = jb.dqp_at(kt, bi, h, i0);
+        std::fill(part, part + kB * d, 0.f);
+        jb.acc(part, w.dp.data(), kB, 1, jb.kr_at(bi, g, j0), d);
+      }
     }
   }
   const int64_t off = ((bi * jb.t + j0) * jb.hkv + g) * d;
@@ -317,7 +327,26 @@ QN_XF_INLINE void dq_task(const Job& jb, Bufs& w, int64_t task) {
     for (int64_t e = 0; e < d; ++e) dq[i * jb.hq * d + e] = xf::from_f32<T>(jb.scale * w.o[i * d + e]);
 }
 
-enum class Pass { Forward, DKV, DQ };
+// dQ of query tile (b, h, qt) from the fused pass: scale * sum over key tiles (in order) of the
+// partials.
+template <typename T>
+QN_XF_INLINE void dq_reduce_task(const Job& jb, Bufs& w, int64_t task) {
+  const int64_t nqt = jb.tp / kB, d = jb.d;
+  const int64_t qt = task % nqt, h = (task / nqt) % jb.hq, bi = task / (nqt * jb.hq);
+  const int64_t i0 = qt * kB, nq = std::min<int64_t>(kB, jb.t - i0);
+  const int64_t kend = jb.causal ? qt + 1 : nqt;
+  float* o = w.o.data();
+  std::copy(jb.dqp_at(0, bi, h, i0), jb.dqp_at(0, bi, h, i0) + kB * d, o);
+  for (int64_t kt = 1; kt < kend; ++kt) {
+    const float* part = jb.dqp_at(kt, bi, h, i0);
+    for (int64_t x = 0; x < kB * d; ++x) o[x] += part[x];
+  }
+  T* dq = static_cast<T*>(jb.dq) + ((bi * jb.t + i0) * jb.hq + h) * d;
+  for (int64_t i = 0; i < nq; ++i)
+    for (int64_t e = 0; e < d; ++e) dq[i * jb.hq * d + e] = xf::from_f32<T>(jb.scale * o[i * d + e]);
+}
+
+enum class Pass { Forward, DKV, DQ, DQReduce };
 
 template <typename T>
 QN_XF_INLINE void run_tasks(const Job& jb, Pass p, int64_t b, int64_t e) {
@@ -325,7 +354,8 @@ QN_XF_INLINE void run_tasks(const Job& jb, Pass p, int64_t b, int64_t e) {
   for (int64_t t = b; t < e; ++t) {
     if (p == Pass::Forward) forward_task<T>(jb, w, t);
     else if (p == Pass::DKV) dkv_task<T>(jb, w, t);
-    else dq_task<T>(jb, w, t);
+    else if (p == Pass::DQ) dq_task<T>(jb, w, t);
+    else dq_reduce_task<T>(jb, w, t);
   }
 }
 template <typename T> QN_XF_AVX512 void run_avx512(const Job& jb, Pass p, int64_t b, int64_t e) { run_tasks<T>(jb, p, b, e); }
@@ -422,8 +452,21 @@ void attention_backward(Context&, const AttentionBackwardArgs& a) {
   jb.delta = delta.data();
   jb.kt = pk.kt.data(), jb.vt = pk.vt.data(), jb.kr = pk.kr.data(), jb.qf = pk.qf.data(), jb.dof = pk.dof.data();
   const int64_t nt = jb.tp / kB;
-  run_pass(jb, a.q.dtype(), Pass::DKV, d.b * d.hkv * nt);
-  run_pass(jb, a.q.dtype(), Pass::DQ, d.b * d.hq * nt);
+  // Fused dQ when the per-key-tile partials are small (T = 256: 4 x 14 x 256 x 64 floats, 3.7 MB):
+  // the dK/dV pass also writes dS K per key tile, and a cheap pass sums them, instead of a second
+  // pass that recomputes S, dP and the exps (2 of the 4 tile GEMMs and half the exps). Longer
+  // sequences keep the separate dQ pass (the partials grow as T^2).
+  const size_t nparts = static_cast<size_t>(nt) * qn;
+  std::vector<float> dqp;
+  if (nparts * sizeof(float) <= (size_t(32) << 20)) {
+    dqp.resize(nparts);
+    jb.dqp = dqp.data();
+    run_pass(jb, a.q.dtype(), Pass::DKV, d.b * d.hkv * nt);
+    run_pass(jb, a.q.dtype(), Pass::DQReduce, d.b * d.hq * nt);
+  } else {
+    run_pass(jb, a.q.dtype(), Pass::DKV, d.b * d.hkv * nt);
+    run_pass(jb, a.q.dtype(), Pass::DQ, d.b * d.hq * nt);
+  }
 }
 
 }  // namespace cpu
