@@ -38,6 +38,31 @@ test("bench e2e --json trains the tiny shape and reports tokens/s and MFU", { ti
   assert.match(e.flop_method, /2 x non-embedding/);
 });
 
+test("the bench parser reads GB/s, TFLOP/s and error columns", async () => {
+  const { parseBenchOutput, parsePeak } = await import("../dist/cli/bench.js");
+  const text = [
+    "attention (causal model FLOPs; of gemm: bf16 GEMM 1024x2048x2048 at 0.376 TFLOP/s, same run)",
+    "  case                                        ms/call    TFLOP/s   of gemm  (ms/call: median)",
+    "  forward                                       8.441     0.1272       34%  max abs err 1.95e-03 (rel 1.95e-03); vs CPU f32 path, T 256",
+    "",
+    "gemm f32 (C in the input dtype; MxKxN; of peak: in-register loop; check vs float64, 4 rows)",
+    "  case                                        ms/call    TFLOP/s   of peak  (ms/call: median)",
+    "  3B down y=xW^T 256x11008x2048               58.844     0.1962       84%  max abs err 2.53e-06 (rel 3.45e-07)",
+    "",
+    "rmsnorm",
+    "  case                                        ms/call       GB/s   of copy  (ms/call: median)",
+    "  copy                                          0.801       41.9      100%  ",
+  ].join("\n");
+  const rows = parseBenchOutput("k", text);
+  assert.equal(rows.length, 3);
+  assert.deepEqual([rows[0].tflops, rows[0].fractionOfGemm, rows[0].maxError, rows[0].relError], [0.1272, 0.34, 1.95e-3, 1.95e-3]);
+  assert.equal(rows[1].case, "3B down y=xW^T 256x11008x2048");
+  assert.deepEqual([rows[1].ms, rows[1].fractionOfPeak, rows[1].maxError], [58.844, 0.84, 2.53e-6]);
+  assert.deepEqual([rows[2].gbs, rows[2].fractionOfCopy, rows[2].maxError], [41.9, 1, undefined]);
+  const p = parsePeak("peak on cpu, 2 CPU threads: f32 107.0 GFLOP/s, bf16 156.5 GFLOP/s (in-register loop), gemm bf16 128.2 GFLOP/s (1024x2048x2048)");
+  assert.deepEqual([p.f32, p.bf16, Math.round(p.gemm / 1e8)], [107e9, 156.5e9, 1282]);
+});
+
 test("bench rejects unknown kernels", () => {
   const r = spawnSync(process.execPath, [cli, "bench", "warp-drive"], { encoding: "utf8" });
   assert.notEqual(r.status, 0);

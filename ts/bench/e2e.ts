@@ -6,6 +6,7 @@
 // caller in the same run (see modelFlopsPerToken for the count).
 import os from "node:os";
 import path from "node:path";
+import { QloraError } from "../errors.js";
 import { loadModel } from "../model/index.js";
 import { openSession } from "../tensor.js";
 import { MODEL_PRESETS, writeRandomQwen, type RandomModelShape } from "./random-model.js";
@@ -79,7 +80,7 @@ export function e2eDefaults(shape: string, device: string): { batch: number; seq
 
 export async function runE2e(o: E2eOptions): Promise<E2eResult> {
   const shape = MODEL_PRESETS[o.shape];
-  if (!shape) throw new Error(`unknown model shape ${o.shape}`);
+  if (!shape) throw new QloraError("E_ARG", `unknown model shape '${o.shape}' (expected one of ${Object.keys(MODEL_PRESETS).join(", ")})`);
   const d = e2eDefaults(o.shape, o.device);
   const B = o.batch ?? d.batch, T = o.seq ?? d.seq, steps = o.steps ?? d.steps, warmup = o.warmup ?? 1, r = o.r ?? 16;
   const computeDtype = o.computeDtype ?? "bf16";
