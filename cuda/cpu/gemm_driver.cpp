@@ -9,7 +9,9 @@
 // goes from the micro-kernel to the epilogue through a stack tile; with several, the task keeps an
 // fp32 accumulator for its rows x nc and runs the epilogue after the last block (so a bf16 C is
 // rounded once). When N is much narrower than NR and M is not, the problem is run transposed
-// (C^T = B^T A^T) so the narrow side fills MR instead of wasting most of an NR panel.
+// (C^T = B^T A^T) so the narrow side fills MR instead of wasting most of an NR panel. When all
+// of A would be large and C is small (long K: the LM-head backward), the k blocks run in groups
+// (A packed one group at a time, ~8 MB) with one shared fp32 accumulator for C.
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -94,7 +96,7 @@ struct Scratch {
     }
   }
 };
-thread_local Scratch t_pack_a, t_pack_b, t_acc;
+thread_local Scratch t_pack_a, t_pack_b, t_acc, t_cbuf;
 
 double fill_ratio(int64_t x, int r) { return static_cast<double>(x) / static_cast<double>((x + r - 1) / r * r); }
 
@@ -122,10 +124,23 @@ void run_blocked(const Problem& p, const Kernel& K) {
   for (int64_t m0 = 0; m0 < p.m; m0 += row_chunk) {
     const int64_t rows = std::min(row_chunk, p.m - m0);
     const int64_t npm = (rows + K.mr - 1) / K.mr;
-    char* abuf = static_cast<char*>(t_pack_a.get(slot_a * npm * nkb));
-    parallel_for(npm * nkb, 16, [&](int64_t b0, int64_t b1) {
+    const int64_t panels = (p.n + K.nr - 1) / K.nr;
+    // Long K with a narrow C (the LM-head backward: K = vocab, N = hidden): instead of packing all of
+    // A up front (tens of MB, read again from memory by every task), run the k blocks in groups whose
+    // A panels stay under kGroupBytes, accumulating into one fp32 C buffer for the chunk. Same blocks,
+    // same order of accumulation: the results are identical.
+    constexpr size_t kGroupBytes = size_t(8) << 20;
+    const int64_t kg = std::max<int64_t>(1, static_cast<int64_t>(kGroupBytes / (slot_a * npm)));
+    const size_t cbuf_floats = static_cast<size_t>(npm * K.mr) * static_cast<size_t>(panels * K.nr);
+    const bool grouped = nkb > kg && cbuf_floats * sizeof(float) <= (size_t(16) << 20);
+    const int64_t group = grouped ? kg : nkb;
+    float* cbuf = grouped ? static_cast<float*>(t_cbuf.get(cbuf_floats * sizeof(float))) : nullptr;
+    for (int64_t g0 = 0; g0 < nkb; g0 += group) {
+    const int64_t g1 = std::min(nkb, g0 + group), ngb = g1 - g0;
+    char* abuf = static_cast<char*>(t_pack_a.get(slot_a * npm * ngb));
+    parallel_for(npm * ngb, 16, [&](int64_t b0, int64_t b1) {
       for (int64_t idx = b0; idx < b1; ++idx) {
-        const int64_t b = idx / npm, pi = idx % npm;
+        const int64_t b = g0 + idx / npm, pi = idx % npm;
         const int64_t i0 = m0 + pi * K.mr;
         p.pack_a(i0, static_cast<int>(std::min<int64_t>(K.mr, p.m - i0)), panel(K.mr, b), abuf + idx * slot_a);
       }
@@ -135,7 +150,6 @@ void run_blocked(const Problem& p, const Kernel& K) {
     // count so the shares end together), and row shares when there are fewer panels than threads.
     // Handed out one at a time from an atomic counter: parallel_for would give out chunks of
     // several tasks, which leaves threads idle at the end.
-    const int64_t panels = (p.n + K.nr - 1) / K.nr;
     const int64_t per_task = std::max(1, K.nc / K.nr);
     int64_t ntn = threads * ((panels + threads * per_task - 1) / (threads * per_task));
     ntn = std::min(ntn, panels);
@@ -155,9 +169,12 @@ void run_blocked(const Problem& p, const Kernel& K) {
         if (pm1 <= pm0 || cols <= 0) continue;
         const int64_t npn = (cols + K.nr - 1) / K.nr;
         char* bbuf = static_cast<char*>(t_pack_b.get(slot_b * npn));
-        const int64_t ldacc = npn * K.nr;
-        float* acc = nkb > 1 ? static_cast<float*>(t_acc.get(sizeof(float) * (pm1 - pm0) * K.mr * ldacc)) : nullptr;
-        for (int64_t b = 0; b < nkb; ++b) {
+        // fp32 accumulator of the task's rows x columns: the task's own (one group) or its part of cbuf.
+        const int64_t ldacc = grouped ? panels * K.nr : npn * K.nr;
+        float* acc = grouped ? cbuf + pm0 * K.mr * ldacc + q0 * K.nr
+                     : nkb > 1 ? static_cast<float*>(t_acc.get(sizeof(float) * (pm1 - pm0) * K.mr * ldacc))
+                               : nullptr;
+        for (int64_t b = g0; b < g1; ++b) {
           const Panel PB = panel(K.nr, b);
           for (int64_t q = 0; q < npn; ++q) {
             const int64_t jq = j0 + q * K.nr;
@@ -171,7 +188,7 @@ void run_blocked(const Problem& p, const Kernel& K) {
               const int64_t jq = j0 + q * K.nr;
               const int nr = static_cast<int>(std::min<int64_t>(K.nr, p.n - jq));
               for (int64_t pi = pi0; pi < pi1; ++pi) {
-                const char* ap = abuf + (b * npm + pi) * slot_a;
+                const char* ap = abuf + ((b - g0) * npm + pi) * slot_a;
                 const int64_t i0 = m0 + pi * K.mr;
                 const int mr = static_cast<int>(std::min<int64_t>(K.mr, p.m - i0));
                 if (nkb == 1) {
@@ -188,6 +205,7 @@ void run_blocked(const Problem& p, const Kernel& K) {
         }
       }
     });
+    }
   }
   t_pack_a.trim(size_t(64) << 20);
 }
