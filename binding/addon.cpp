@@ -30,6 +30,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Tensor", TensorWrap::Define(env));
   RegisterSystemInfo(env, exports);
   RegisterModel(env, exports);
+  RegisterDist(env, exports);
   Napi::Object ops = Napi::Object::New(env);
   RegisterElementwiseOps(env, ops);
   RegisterOptimOps(env, ops);

@@ -4,6 +4,7 @@
 #include <cstring>
 #include "args.h"
 #include "errors.h"
+#include "qn/dist.h"
 #include "qn/memory_stats.h"
 #include "session_wrap.h"
 
@@ -489,7 +490,26 @@ Napi::Value ModelWrap::OptimizerStep(const Napi::CallbackInfo& info) {
       });
 }
 
+// Sums the gradient buffer and the loss scalars over the MPI ranks (qn/dist.h). CPU: in place.
+// CUDA: staged through host memory (the NCCL path is not built yet).
+static void AllreduceGrads(Qwen2Model& m, qn::model::LossResult* loss) {
+  const qn::Tensor& g = m.grads();
+  if (g.device().type == qn::DeviceType::CPU) {
+    qn::dist::allreduce_sum_f32(g.data<float>(), g.numel(), "gradient all-reduce");
+  } else {
+    std::vector<float> host(static_cast<size_t>(g.numel()));
+    g.ctx().copy_to_host(host.data(), g.raw(), g.nbytes());
+    qn::dist::allreduce_sum_f32(host.data(), g.numel(), "gradient all-reduce");
+    g.ctx().copy_from_host(g.raw(), host.data(), g.nbytes());
+  }
+  double s[2] = {loss->loss_sum, static_cast<double>(loss->tokens)};
+  qn::dist::allreduce_sum_f64(s, 2, "loss all-reduce");
+  loss->loss_sum = s[0];
+  loss->tokens = static_cast<int64_t>(s[1]);
+}
+
 // trainStep(microBatches[], gradScale, optimOptions): zeroGrad + accumulate all + optimizerStep.
+// With a 4th argument {allreduce: true} the gradients are summed across MPI ranks first.
 Napi::Value ModelWrap::TrainStep(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Live(env, "trainStep");
@@ -502,6 +522,10 @@ Napi::Value ModelWrap::TrainStep(const Napi::CallbackInfo& info) {
     batches->push_back(ParseBatch(arr.Get(i), "Model.trainStep(microBatches[" + std::to_string(i) + "])", true));
   const float scale = RequireScale(info, 1, "Model.trainStep");
   const auto opt = ParseOptim(info.Length() > 2 ? info[2] : env.Undefined(), "Model.trainStep");
+  // 4th argument {allreduce: true}: data parallel. The gradient buffer (one contiguous f32
+  // buffer) and the loss sum / token count are summed across MPI ranks between the last
+  // accumulate and the optimizer step, so the grad norm and the update see the global gradient.
+  const bool allreduce = info.Length() > 3 && info[3].IsObject() && info[3].As<Napi::Object>().Get("allreduce").ToBoolean().Value();
   struct Out {
     qn::model::LossResult loss;
     qn::model::StepResult step;
@@ -509,13 +533,14 @@ Napi::Value ModelWrap::TrainStep(const Napi::CallbackInfo& info) {
   auto res = std::make_shared<Out>();
   return Submit(
       env, "trainStep",
-      [batches, scale, opt, res](Qwen2Model& m) {
+      [batches, scale, opt, res, allreduce](Qwen2Model& m) {
         m.zero_grad();
         for (const HostBatch& b : *batches) {
           qn::model::LossResult r = m.accumulate(b, scale);
           res->loss.loss_sum += r.loss_sum;
           res->loss.tokens += r.tokens;
         }
+        if (allreduce) AllreduceGrads(m, &res->loss);
         res->step = m.optimizer_step(opt);
       },
       [res](Napi::Env env) -> Napi::Value {

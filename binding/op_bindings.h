@@ -11,5 +11,6 @@ void RegisterOptimOps(Napi::Env env, Napi::Object ops);
 void RegisterModel(Napi::Env env, Napi::Object exports);  // class Model (binding/model_wrap.cpp)
 void RegisterNf4Ops(Napi::Env env, Napi::Object ops);
 void RegisterLinearOps(Napi::Env env, Napi::Object ops);
+void RegisterDist(Napi::Env env, Napi::Object exports);  // `dist` (binding/dist_wrap.cpp)
 
 }  // namespace qnb

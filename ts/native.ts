@@ -102,6 +102,26 @@ export interface NativeOps {
   [name: string]: (...args: any[]) => unknown;
 }
 
+export interface DistInfo {
+  active: boolean;
+  rank: number;
+  worldSize: number;
+  localRank: number;
+  library: string;
+  timeoutSeconds: number;
+}
+
+/** Synchronous MPI collectives (every call is guarded by the QN_DIST_TIMEOUT_S watchdog). */
+export interface NativeDist {
+  init(): DistInfo;
+  info(): DistInfo;
+  allreduceSum<T extends Float64Array | Float32Array>(data: T, what?: string): T;
+  broadcast(bytes: Uint8Array, root: number): Uint8Array;
+  barrier(what?: string): void;
+  abort(message: string, code?: number): never;
+  finalize(): void;
+}
+
 export interface NativeAddon {
   Session: new (device: string) => NativeSession;
   Tensor: Function;
@@ -112,6 +132,8 @@ export interface NativeAddon {
   numThreads(): number;
   memoryStats(device: string): MemoryStats;
   setErrorClass(ctor: typeof QloraError): void;
+  /** data parallel over Open MPI (loaded at run time); see ts/dist.ts */
+  dist: NativeDist;
   [name: string]: unknown;
 }
 

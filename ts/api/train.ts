@@ -11,6 +11,7 @@ import type { ResolvedConfig } from "../config/types.js";
 import { buildExampleSets, TrainLoader } from "../data/loader.js";
 import { prepareDataset } from "../data/prepare.js";
 import { resolveDevice } from "../device.js";
+import { initWorld, launcherRanks, rankDevice, threadsPerRank } from "../dist.js";
 import { loadModel, type LoraTarget, type QwenModel } from "../model/index.js";
 import { native } from "../native.js";
 import { writePlots } from "../report/index.js";
@@ -76,20 +77,30 @@ export async function openModelFor(config: ResolvedConfig, device: string, info:
 export async function train(options: TrainOptions = {}): Promise<TrainResult> {
   const config = options.config ?? (await loadConfig(options.configPath, { set: options.set }));
   const info = options.onInfo ?? (() => {});
-  const device = resolveDevice(config.advanced.device, (m) => options.onWarning?.(m));
+  // data parallel under mpirun (ts/dist.ts): one device (cuda:<local rank>) or an equal share of
+  // the cores per rank; rank 0 alone writes outputs and fills the token cache first
+  const world = initWorld();
+  const dp = world.worldSize > 1;
+  const device = rankDevice(resolveDevice(config.advanced.device, (m) => options.onWarning?.(m)), world.localRank);
+  if (dp && config.advanced.threads <= 0 && device === "cpu") native.setNumThreads(threadsPerRank(launcherRanks()?.localSize ?? world.worldSize));
   const outputDir = path.resolve(config.output.dir);
-  mkdirSync(outputDir, { recursive: true });
-  await saveResolvedConfig(config, outputDir);
+  if (world.isMain) {
+    mkdirSync(outputDir, { recursive: true });
+    await saveResolvedConfig(config, outputDir);
+  }
 
-  info("preparing data");
+  info(dp ? `data parallel: rank ${world.rank} of ${world.worldSize} on ${device}; preparing data` : "preparing data");
+  if (dp && !world.isMain) world.barrier("data preparation on rank 0");
   const prepared = await prepareDataset(config, { log: info });
+  if (dp && world.isMain) world.barrier("data preparation on rank 0");
   const sets = buildExampleSets(prepared, config);
   const padId = prepared.tokenizer.padId;
   info(`train: ${sets.train.length} examples; eval: ${sets.eval?.length ?? 0} examples (${prepared.stats.cacheHits} splits from the token cache)`);
 
   const { model } = await openModelFor(config, device, info);
   try {
-    const loader = TrainLoader.fromConfig(sets.train, config, padId);
+    const loader = TrainLoader.fromConfig(sets.train, config, padId, { rank: world.rank, worldSize: world.worldSize });
+    const evalShard = dp ? { rank: world.rank, worldSize: world.worldSize, reduce: world.allreduce } : undefined;
     const stateLog = new TrainerStateLog(outputDir);
     const totalSteps = totalStepsFor(config, loader.batchesPerEpoch());
     const state: LoopState = { globalStep: 0, nonFiniteRun: 0, skippedSteps: 0, logHistory: [], sampler: loader.state(), logWindow: { lossSum: 0, steps: 0, tokens: 0 } };
@@ -101,7 +112,8 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       const ck = await loadCheckpoint(resumeFrom);
       for (const [key, t] of Object.entries(ck.adapter)) await model.setLora(key, t.data);
       await model.setOptimizerState(ck.optimizer);
-      loader.restore(ck.dataPosition as never);
+      // rank 0's sampler state; every rank is at the same position of its own shard
+      loader.restore({ ...(ck.dataPosition as object), ...(dp ? { rank: world.rank } : {}) } as never);
       state.globalStep = ck.step;
       state.logHistory = ck.logHistory as LogEntry[];
       state.skippedSteps = ck.skippedSteps ?? 0;
@@ -111,17 +123,19 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       info(`resumed from ${resumeFrom} at step ${ck.step}`);
     } else if (sets.eval) {
       info("evaluating before training");
-      initialEval = await evaluateExamples(model, sets.eval, { batchSize: config.training.per_device_eval_batch_size, padId, padding: config.data.padding, signal: options.signal });
+      initialEval = await evaluateExamples(model, sets.eval, { batchSize: config.training.per_device_eval_batch_size, padId, padding: config.data.padding, signal: options.signal, shard: evalShard });
       const entry: LogEntry = { step: 0, epoch: 0, eval_loss: initialEval.eval_loss, eval_perplexity: initialEval.perplexity, eval_tokens: initialEval.eval_tokens };
       state.logHistory.push(entry);
       options.onEval?.(entry);
     }
 
     const writeLogs = async () => {
+      if (!world.isMain) return;
       await stateLog.write({ logHistory: state.logHistory, globalStep: state.globalStep, config, maxSteps: totalSteps });
       if (config.output.plot) await writePlots(outputDir, state.logHistory);
     };
     const saveCk = async (): Promise<string> => {
+      if (!world.isMain) return path.join(outputDir, `checkpoint-${state.globalStep}`);
       const adapter = await model.getLora();
       const optimizer = await model.getOptimizerState();
       return saveCheckpoint(outputDir, state.globalStep, {
@@ -144,7 +158,8 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       evalSet: config.training.eval_strategy === "no" ? null : sets.eval,
       padId,
       device,
-      dataParallel: 1,
+      dataParallel: world.worldSize,
+      world,
       state,
       events: options,
       signal: options.signal,
@@ -154,7 +169,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     });
 
     const adapterDir = outputDir;
-    if (result.stoppedBy === "completed") {
+    if (result.stoppedBy === "completed" && world.isMain) {
       await writeAdapter(adapterDir, { loraWeights: await model.getLora(), config: loraConfigFor(config, config.model.name_or_path) });
     }
     await writeLogs();

@@ -6,6 +6,8 @@ import { train, type TrainResult } from "../api/train.js";
 import { loadConfig } from "../config/load.js";
 import { DEMO_OUTPUT_DIR, demoConfig } from "../demo/config.js";
 import { ensureDemoModel } from "../demo/model.js";
+import { spawn } from "node:child_process";
+import { launcherRanks, mpirunCommand } from "../dist.js";
 import { QloraError } from "../errors.js";
 import { Progress } from "./progress.js";
 
@@ -14,6 +16,26 @@ interface TrainArgs {
   set: string[];
   resume?: string;
   json: boolean;
+  nproc?: number;
+  hostfile?: string;
+}
+
+/** `train --nproc N`: runs this same command under `mpirun -n N` and returns its exit code. */
+async function runUnderMpirun(argv: TrainArgs): Promise<number> {
+  const { command, args, env } = mpirunCommand(argv.nproc!, process.argv.slice(2), { hostfile: argv.hostfile });
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: "inherit", env });
+    const forward = () => child.kill("SIGINT");
+    process.on("SIGINT", forward);
+    child.on("error", (e) => {
+      process.off("SIGINT", forward);
+      reject(new QloraError("E_NO_DEVICE", `train --nproc needs Open MPI's mpirun (${(e as Error).message}); install openmpi-bin`));
+    });
+    child.on("exit", (code, signal) => {
+      process.off("SIGINT", forward);
+      resolve(code ?? (signal ? 128 + 1 : 1));
+    });
+  });
 }
 
 export const trainCommand: CommandModule<object, TrainArgs> = {
@@ -25,11 +47,22 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
       .option("set", { type: "string", array: true, default: [], describe: "override a key: --set training.max_steps=100" })
       .option("resume", { type: "string", describe: '"latest" or a checkpoint folder' })
       .option("json", { type: "boolean", default: false, describe: "print a JSON summary only" })
+      .option("nproc", { type: "number", describe: "data parallel: run N ranks (starts mpirun -n N for you; one GPU or an equal share of the cores each)" })
+      .option("hostfile", { type: "string", describe: "with --nproc: an Open MPI hostfile for a multi-node run" })
       .example("$0 train", "run the embedded demo (tiny Qwen2 model, real tokenizer, CPU)")
       .example("$0 train --config configs/qwen2.5-3b-wikitext2.yaml", "the flagship job")
       .example("$0 train --config my.yaml --set training.max_steps=50 --resume latest", "continue a run"),
   handler: async (argv) => {
-    const progress = Progress.for(process.stdout, argv.json);
+    if (argv.nproc !== undefined && !launcherRanks()) {
+      if (!Number.isInteger(argv.nproc) || argv.nproc < 1) throw new QloraError("E_ARG", `--nproc must be a positive integer, got ${argv.nproc}`);
+      if (argv.nproc > 1) {
+        process.exitCode = await runUnderMpirun(argv);
+        return;
+      }
+    }
+    // data parallel: only rank 0 talks (the others print warnings and errors only)
+    const mainRank = (launcherRanks()?.rank ?? 0) === 0;
+    const progress = Progress.for(process.stdout, argv.json || !mainRank);
     const isDemo = !argv.config;
     let config;
     if (isDemo) {
@@ -87,7 +120,9 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
       stopped_by: result.stoppedBy,
       device: result.device,
     };
-    if (argv.json) {
+    if (!mainRank) {
+      // summary and hints come from rank 0
+    } else if (argv.json) {
       process.stdout.write(JSON.stringify(summary) + "\n");
     } else {
       if (result.initialEval && result.finalEval) {

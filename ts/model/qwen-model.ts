@@ -101,8 +101,8 @@ export class QwenModel {
   }
 
   /** zeroGrad + accumulate every micro-batch + optimizerStep, in one native call. */
-  trainStep(microBatches: ModelBatch[], gradScale: number, opt: NativeOptimOptions): Promise<TrainStepResult> {
-    return this.n.trainStep(microBatches, gradScale, opt);
+  trainStep(microBatches: ModelBatch[], gradScale: number, opt: NativeOptimOptions, step?: { allreduce?: boolean }): Promise<TrainStepResult> {
+    return step ? this.n.trainStep(microBatches, gradScale, opt, step) : this.n.trainStep(microBatches, gradScale, opt);
   }
 
   evalLoss(batch: ModelBatch): Promise<LossResult> {

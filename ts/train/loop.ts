@@ -10,6 +10,7 @@ import type { ResolvedConfig } from "../config/types.js";
 import type { Batch, ExampleSet } from "../data/batches.js";
 import type { TrainLoader } from "../data/loader.js";
 import type { SamplerState } from "../data/sampler.js";
+import { SINGLE, type World } from "../dist.js";
 import { QloraError } from "../errors.js";
 import { evaluateExamples, type EvalResult } from "./evaluate.js";
 import { lrAt, warmupStepsFrom } from "./schedule.js";
@@ -38,6 +39,8 @@ export interface LoopContext {
   padId: number;
   device: string;
   dataParallel: number;
+  /** data parallel ranks (ts/dist.ts); absent: one process */
+  world?: World;
   state: LoopState;
   events: TrainEvents;
   signal?: AbortSignal;
@@ -73,6 +76,8 @@ const round = (x: number, digits = 6) => Number(x.toPrecision(digits));
 
 export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
   const { config, model, loader, state, events } = ctx;
+  const world = ctx.world ?? SINGLE;
+  const dp = world.worldSize > 1;
   const t = config.training;
   const K = t.gradient_accumulation_steps;
   const batchesPerEpoch = loader.batchesPerEpoch();
@@ -95,7 +100,7 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
 
   const runEval = async (): Promise<void> => {
     if (!ctx.evalSet) return;
-    lastEval = await evaluateExamples(model, ctx.evalSet, { batchSize: t.per_device_eval_batch_size, padId: ctx.padId, padding: config.data.padding, signal: ctx.signal });
+    lastEval = await evaluateExamples(model, ctx.evalSet, { batchSize: t.per_device_eval_batch_size, padId: ctx.padId, padding: config.data.padding, signal: ctx.signal, shard: dp ? { rank: world.rank, worldSize: world.worldSize, reduce: world.allreduce } : undefined });
     const entry: LogEntry = { step: state.globalStep, epoch: round(state.globalStep / stepsPerEpoch, 4), eval_loss: lastEval.eval_loss, eval_perplexity: lastEval.perplexity, eval_tokens: lastEval.eval_tokens, eval_runtime: round(lastEval.eval_seconds, 4) };
     state.logHistory.push(entry);
     events.onEval?.(entry);
@@ -103,17 +108,29 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
   };
 
   while (state.globalStep < totalSteps) {
-    if (ctx.signal?.aborted) {
+    if (!dp && ctx.signal?.aborted) {
       stoppedBy = "abort";
       break;
     }
     const k = state.globalStep;
     const micro: Batch[] = [];
     for (let i = 0; i < K; i++) micro.push(loader.next());
-    const { targets, gradScale } = windowGradScale(micro);
+    let { targets, gradScale } = windowGradScale(micro);
+    let stepTokens = micro.reduce((s, b) => s + b.numTokens, 0);
+    if (dp) {
+      // every rank must agree on the normalization (targets of the whole window on ALL ranks)
+      // and on stopping, before the step's collectives
+      let aborted: number;
+      [targets, stepTokens, aborted] = world.allreduce([targets, stepTokens, ctx.signal?.aborted ? 1 : 0], "target count");
+      gradScale = targets > 0 ? 1 / targets : 0;
+      if (aborted > 0) {
+        stoppedBy = "abort";
+        break;
+      }
+    }
     const lr = lrAt(k, { type: t.lr_scheduler_type, peak: t.learning_rate, totalSteps, warmupSteps });
     const opt: OptimOptions = { lr, weightDecay: t.weight_decay, beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_epsilon, maxGradNorm: t.max_grad_norm, optim: optimizerName(t.optim) };
-    const r = targets > 0 ? await model.trainStep(micro, gradScale, opt) : { lossSum: 0, tokens: 0, gradNorm: 0, nonFinite: false, skipped: true };
+    const r = targets > 0 ? await (dp ? model.trainStep(micro, gradScale, opt, { allreduce: true }) : model.trainStep(micro, gradScale, opt)) : { lossSum: 0, tokens: 0, gradNorm: 0, nonFinite: false, skipped: true };
     if (r.nonFinite) {
       state.skippedSteps++;
       state.nonFiniteRun++;
@@ -133,8 +150,8 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
       win.steps++;
       lastTrainLoss = stepLoss;
     }
-    win.tokens += micro.reduce((s, b) => s + b.numTokens, 0);
-    runTokens += micro.reduce((s, b) => s + b.numTokens, 0);
+    win.tokens += stepTokens;
+    runTokens += stepTokens;
     const elapsed = (performance.now() - runStart) / 1000;
     events.onStep?.({ step: state.globalStep, totalSteps, loss: stepLoss, lr, tokensPerSecond: runTokens / Math.max(elapsed, 1e-9), elapsedSeconds: elapsed, memoryBytes: ctx.memoryBytes() });
 

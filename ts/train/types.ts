@@ -18,7 +18,8 @@ export interface OptimizerStateBlob {
 
 export interface TrainableModel extends LossModel {
   readonly paramCount: number;
-  trainStep(microBatches: Batch[], gradScale: number, opt: OptimOptions): Promise<StepResult>;
+  /** step.allreduce (data parallel): gradients, loss sum and tokens are summed across ranks before the update */
+  trainStep(microBatches: Batch[], gradScale: number, opt: OptimOptions, step?: { allreduce?: boolean }): Promise<StepResult>;
   getLora(): Promise<Record<string, LoraTensor>>;
   setLora(peftKey: string, data: Float32Array): Promise<void> | void;
   getOptimizerState(): Promise<OptimizerStateBlob>;

@@ -1,0 +1,41 @@
+// Data-parallel collectives over MPI, loaded at run time (dlopen of libmpi.so.40), so the core and
+// the addon load and run single-process without any MPI installed. Only Open MPI's C ABI is
+// supported (MPI handles are the addresses of its exported predefined objects: ompi_mpi_comm_world,
+// ompi_mpi_float, ompi_mpi_op_sum, ...); Debian's openmpi-bin/libopenmpi-dev (Open MPI 4.x) is
+// what CI uses.
+//
+// Every collective runs under a watchdog: when it has not completed within the timeout
+// (QN_DIST_TIMEOUT_S, default 300 s) a peer rank is dead or hung, and the watchdog prints which
+// collective on which rank stalled and calls MPI_Abort, which makes mpirun end every rank.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace qn {
+namespace dist {
+
+struct Info {
+  bool active = false;  // init() succeeded
+  int rank = 0, world_size = 1, local_rank = 0;
+  std::string library;  // the libmpi that was loaded
+};
+
+// MPI_Init_thread (MPI_THREAD_SERIALIZED). Throws E_NO_DEVICE when libmpi cannot be loaded.
+// Idempotent.
+const Info& init();
+const Info& info();
+// In-place sums across all ranks (host memory). Chunked for counts over INT_MAX.
+void allreduce_sum_f32(float* data, int64_t n, const char* what);
+void allreduce_sum_f64(double* data, int64_t n, const char* what);
+// Rank `root`'s bytes to everyone.
+void broadcast(void* data, int64_t bytes, int root, const char* what);
+void barrier(const char* what);
+// MPI_Abort after printing `message` (never returns).
+[[noreturn]] void abort_job(const std::string& message, int code);
+void finalize();
+// Seconds a collective may take before the watchdog aborts the job.
+double timeout_seconds();
+
+}  // namespace dist
+}  // namespace qn
