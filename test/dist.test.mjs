@@ -109,27 +109,43 @@ test("2 ranks x batch 2 reproduce 1 rank x batch 4: losses, grad norms, eval los
   assert.deepEqual(readdirSync(path.join(work, "out-two")).sort(), readdirSync(path.join(work, "out-one")).sort());
 });
 
-test("killing one rank ends the run in bounded time with a message naming it; the last checkpoint loads", { skip, timeout: 180_000 }, async () => {
-  const cfg = writeConfig("kill", 2, 400);
-  const child = spawn(process.execPath, [cli, "train", "--config", cfg, "--nproc", "2"], { env, stdio: ["ignore", "pipe", "pipe"] });
+/** Starts a 2-rank run and resolves once rank 0 saved a checkpoint: { rank1 pid, exit promise, output() }. */
+async function startUntilCheckpoint(name, extraEnv = {}) {
+  const cfg = writeConfig(name, 2, 400);
+  const child = spawn(process.execPath, [cli, "train", "--config", cfg, "--nproc", "2"], { env: { ...env, ...extraEnv }, stdio: ["ignore", "pipe", "pipe"] });
   let out = "";
   child.stdout.on("data", (d) => (out += d));
   child.stderr.on("data", (d) => (out += d));
   const done = new Promise((resolve) => child.on("exit", (code) => resolve(code)));
-  // wait for a checkpoint, then kill rank 1 (found through mpirun's children and their environment)
   const t0 = Date.now();
   while (!/checkpoint saved/.test(out)) {
     assert.ok(Date.now() - t0 < 120_000, "no checkpoint within 120 s:\n" + out);
     await new Promise((r) => setTimeout(r, 200));
   }
+  // rank 1 is found through mpirun's children and their environment
   const rank1 = findRank(child.pid, "1");
   assert.ok(rank1, "rank 1 process found");
+  return { rank1, done, output: () => out };
+}
+
+test("2 ranks resume from rank 0's checkpoint: the same adapter as the uninterrupted run", { skip, timeout: 240_000 }, async () => {
+  const cfg = writeConfig("resume", 2);
+  const r = spawnSync(process.execPath, [cli, "train", "--config", cfg, "--json", "--nproc", "2", "--resume", path.join(work, "out-two", "checkpoint-2")], { encoding: "utf8", env, timeout: 120_000 });
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+  const a = await tensors(path.join(work, "out-two", "adapter_model.safetensors"));
+  const b = await tensors(path.join(work, "out-resume", "adapter_model.safetensors"));
+  for (const k of Object.keys(a)) assert.deepEqual(b[k], a[k], k);
+});
+
+test("killing one rank ends the run in bounded time with a message naming it; the last checkpoint loads", { skip, timeout: 180_000 }, async () => {
+  const { rank1, done, output } = await startUntilCheckpoint("kill");
   const killedAt = Date.now();
   process.kill(rank1, "SIGKILL");
   const code = await done;
   const took = (Date.now() - killedAt) / 1000;
   assert.notEqual(code, 0);
   assert.ok(took < 60, `the job ended ${took}s after the kill`);
+  const out = output();
   assert.match(out, /rank 1/, out);
   const last = findLatestCheckpoint(path.join(work, "out-kill"));
   assert.ok(last, "a checkpoint survived");
@@ -138,19 +154,7 @@ test("killing one rank ends the run in bounded time with a message naming it; th
 });
 
 test("a hung rank (SIGSTOP) ends the run after QN_DIST_TIMEOUT_S with a message naming it", { skip, timeout: 180_000 }, async () => {
-  const cfg = writeConfig("hang", 2, 400);
-  const child = spawn(process.execPath, [cli, "train", "--config", cfg, "--nproc", "2"], { env: { ...env, QN_DIST_TIMEOUT_S: "5" }, stdio: ["ignore", "pipe", "pipe"] });
-  let out = "";
-  child.stdout.on("data", (d) => (out += d));
-  child.stderr.on("data", (d) => (out += d));
-  const done = new Promise((resolve) => child.on("exit", (code) => resolve(code)));
-  const t0 = Date.now();
-  while (!/checkpoint saved/.test(out)) {
-    assert.ok(Date.now() - t0 < 120_000, "no checkpoint within 120 s:\n" + out);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  const rank1 = findRank(child.pid, "1");
-  assert.ok(rank1, "rank 1 process found");
+  const { rank1, done, output } = await startUntilCheckpoint("hang", { QN_DIST_TIMEOUT_S: "5" });
   const stoppedAt = Date.now();
   process.kill(rank1, "SIGSTOP");
   try {
@@ -158,7 +162,7 @@ test("a hung rank (SIGSTOP) ends the run after QN_DIST_TIMEOUT_S with a message 
     const took = (Date.now() - stoppedAt) / 1000;
     assert.notEqual(code, 0);
     assert.ok(took < 60, `the job ended ${took}s after rank 1 stopped`);
-    assert.match(out, /did not complete within 5 s: rank 1 died or hangs/, out);
+    assert.match(output(), /did not complete within 5 s: rank 1 died or hangs/, output());
   } finally {
     try {
       process.kill(rank1, "SIGKILL");
