@@ -491,16 +491,21 @@ Napi::Value ModelWrap::OptimizerStep(const Napi::CallbackInfo& info) {
 }
 
 // Sums the gradient buffer and the loss scalars over the MPI ranks (qn/dist.h). CPU: in place.
-// CUDA: staged through host memory (the NCCL path is not built yet).
+// CUDA: NCCL on the session stream when every rank has it, else staged through host memory.
 static void AllreduceGrads(Qwen2Model& m, qn::model::LossResult* loss) {
   const qn::Tensor& g = m.grads();
   if (g.device().type == qn::DeviceType::CPU) {
     qn::dist::allreduce_sum_f32(g.data<float>(), g.numel(), "gradient all-reduce");
   } else {
-    std::vector<float> host(static_cast<size_t>(g.numel()));
-    g.ctx().copy_to_host(host.data(), g.raw(), g.nbytes());
-    qn::dist::allreduce_sum_f32(host.data(), g.numel(), "gradient all-reduce");
-    g.ctx().copy_from_host(g.raw(), host.data(), g.nbytes());
+    g.ctx().synchronize();  // the backward is done and the rank's device is current on this thread
+    if (qn::dist::nccl_allreduce_sum_f32(g.data<float>(), g.numel(), g.ctx().stream(), "gradient all-reduce (NCCL)")) {
+      qn::dist::guarded("gradient all-reduce (NCCL) wait", [&g] { g.ctx().synchronize(); });
+    } else {
+      std::vector<float> host(static_cast<size_t>(g.numel()));
+      g.ctx().copy_to_host(host.data(), g.raw(), g.nbytes());
+      qn::dist::allreduce_sum_f32(host.data(), g.numel(), "gradient all-reduce");
+      g.ctx().copy_from_host(g.raw(), host.data(), g.nbytes());
+    }
   }
   double s[2] = {loss->loss_sum, static_cast<double>(loss->tokens)};
   qn::dist::allreduce_sum_f64(s, 2, "loss all-reduce");

@@ -202,6 +202,12 @@ void broadcast(void* data, int64_t bytes, int root, const char* what) {
   }
 }
 
+void guarded(const char* what, const std::function<void()>& fn) {
+  require_active(what);
+  Guard g(what);
+  fn();
+}
+
 void barrier(const char* what) {
   require_active(what);
   Guard g(what);

@@ -10,6 +10,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace qn {
@@ -34,6 +35,12 @@ void barrier(const char* what);
 // MPI_Abort after printing `message` (never returns).
 [[noreturn]] void abort_job(const std::string& message, int code);
 void finalize();
+// Runs fn under the watchdog (a wait that depends on other ranks, e.g. a stream sync after NCCL).
+void guarded(const char* what, const std::function<void()>& fn);
+// GPU gradients: in-place sum with NCCL on `stream` (a cudaStream_t), loaded at run time
+// (cuda/core/dist_nccl.cpp). The device must be current on this thread. Returns false (on every
+// rank alike) when NCCL is not usable on all ranks or QN_DIST_NO_NCCL is set: stage through host.
+bool nccl_allreduce_sum_f32(float* device_data, int64_t n, void* stream, const char* what);
 // Seconds a collective may take before the watchdog aborts the job.
 double timeout_seconds();
 
