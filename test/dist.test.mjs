@@ -125,7 +125,7 @@ async function startUntilCheckpoint(name, extraEnv = {}) {
   // rank 1 is found through mpirun's children and their environment
   const rank1 = findRank(child.pid, "1");
   assert.ok(rank1, "rank 1 process found");
-  return { rank1, done, output: () => out };
+  return { child, rank1, done, output: () => out };
 }
 
 test("2 ranks resume from rank 0's checkpoint: the same adapter as the uninterrupted run", { skip, timeout: 240_000 }, async () => {
@@ -135,6 +135,17 @@ test("2 ranks resume from rank 0's checkpoint: the same adapter as the uninterru
   const a = await tensors(path.join(work, "out-two", "adapter_model.safetensors"));
   const b = await tensors(path.join(work, "out-resume", "adapter_model.safetensors"));
   for (const k of Object.keys(a)) assert.deepEqual(b[k], a[k], k);
+});
+
+test("Ctrl-C on train --nproc: every rank stops after the step, rank 0 saves a checkpoint, exit 130", { skip, timeout: 180_000 }, async () => {
+  const { child, done, output } = await startUntilCheckpoint("interrupt");
+  child.kill("SIGINT");
+  assert.equal(await done, 130, output());
+  assert.match(output(), /interrupt: finishing the current step/);
+  const last = findLatestCheckpoint(path.join(work, "out-interrupt"));
+  const saved = [...output().matchAll(/checkpoint saved: (\S+)/g)].map((m) => m[1]);
+  assert.equal(last, saved[saved.length - 1]);
+  assert.ok((await loadCheckpoint(last)).step >= 2);
 });
 
 test("killing one rank ends the run in bounded time with a message naming it; the last checkpoint loads", { skip, timeout: 180_000 }, async () => {

@@ -47,6 +47,7 @@ export function initWorld(env: NodeJS.ProcessEnv = process.env): World {
   if (world) return world;
   const l = launcherRanks(env);
   if (!l || l.worldSize === 1) return (world = SINGLE);
+  if (!native.dist) throw new QloraError("E_NO_ADDON", "the native addon was built without data-parallel support; rebuild it (npm run build:native)");
   const info = native.dist.init();
   if (info.rank !== l.rank || info.worldSize !== l.worldSize) {
     throw new QloraError("E_INTERNAL", `MPI says rank ${info.rank} of ${info.worldSize}, the launcher said ${l.rank} of ${l.worldSize}`);

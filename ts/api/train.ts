@@ -123,7 +123,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       info(`resumed from ${resumeFrom} at step ${ck.step}`);
     } else if (sets.eval) {
       info("evaluating before training");
-      initialEval = await evaluateExamples(model, sets.eval, { batchSize: config.training.per_device_eval_batch_size, padId, padding: config.data.padding, signal: options.signal, shard: evalShard });
+      initialEval = await evaluateExamples(model, sets.eval, { batchSize: config.training.per_device_eval_batch_size, padId, padding: config.data.padding, signal: dp ? undefined : options.signal, shard: evalShard });
       const entry: LogEntry = { step: 0, epoch: 0, eval_loss: initialEval.eval_loss, eval_perplexity: initialEval.perplexity, eval_tokens: initialEval.eval_tokens };
       state.logHistory.push(entry);
       options.onEval?.(entry);

@@ -7,6 +7,7 @@ import { loadConfig } from "../config/load.js";
 import { DEMO_OUTPUT_DIR, demoConfig } from "../demo/config.js";
 import { ensureDemoModel } from "../demo/model.js";
 import { spawn } from "node:child_process";
+import os from "node:os";
 import { launcherRanks, mpirunCommand } from "../dist.js";
 import { QloraError } from "../errors.js";
 import { Progress } from "./progress.js";
@@ -24,8 +25,12 @@ interface TrainArgs {
 async function runUnderMpirun(argv: TrainArgs): Promise<number> {
   const { command, args, env } = mpirunCommand(argv.nproc!, process.argv.slice(2), { hostfile: argv.hostfile });
   return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: "inherit", env });
-    const forward = () => child.kill("SIGINT");
+    // mpirun kills the job on SIGINT but forwards SIGUSR1 to every rank: in its own process group
+    // (so a terminal's Ctrl-C reaches only us), the first Ctrl-C becomes SIGUSR1 (each rank stops
+    // after the step, rank 0 saves a checkpoint), a second one SIGINT (the job ends at once)
+    const child = spawn(command, args, { stdio: "inherit", env, detached: true });
+    let interrupts = 0;
+    const forward = () => child.kill(++interrupts === 1 ? "SIGUSR1" : "SIGINT");
     process.on("SIGINT", forward);
     child.on("error", (e) => {
       process.off("SIGINT", forward);
@@ -33,7 +38,7 @@ async function runUnderMpirun(argv: TrainArgs): Promise<number> {
     });
     child.on("exit", (code, signal) => {
       process.off("SIGINT", forward);
-      resolve(code ?? (signal ? 128 + 1 : 1));
+      resolve(code ?? (signal ? 128 + (os.constants.signals[signal] ?? 0) : 1));
     });
   });
 }
@@ -84,6 +89,8 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
       }
     };
     process.on("SIGINT", onSigint);
+    // under mpirun the launcher's SIGUSR1 is the interrupt (see runUnderMpirun)
+    if (launcherRanks()) process.on("SIGUSR1", onSigint);
     let totalSteps = 0;
     let result: TrainResult;
     try {
@@ -104,6 +111,7 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
       });
     } finally {
       process.off("SIGINT", onSigint);
+      process.off("SIGUSR1", onSigint);
       progress.clear();
     }
     const summary = {

@@ -100,7 +100,7 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
 
   const runEval = async (): Promise<void> => {
     if (!ctx.evalSet) return;
-    lastEval = await evaluateExamples(model, ctx.evalSet, { batchSize: t.per_device_eval_batch_size, padId: ctx.padId, padding: config.data.padding, signal: ctx.signal, shard: dp ? { rank: world.rank, worldSize: world.worldSize, reduce: world.allreduce } : undefined });
+    lastEval = await evaluateExamples(model, ctx.evalSet, { batchSize: t.per_device_eval_batch_size, padId: ctx.padId, padding: config.data.padding, signal: dp ? undefined : ctx.signal, shard: dp ? { rank: world.rank, worldSize: world.worldSize, reduce: world.allreduce } : undefined });
     const entry: LogEntry = { step: state.globalStep, epoch: round(state.globalStep / stepsPerEpoch, 4), eval_loss: lastEval.eval_loss, eval_perplexity: lastEval.perplexity, eval_tokens: lastEval.eval_tokens, eval_runtime: round(lastEval.eval_seconds, 4) };
     state.logHistory.push(entry);
     events.onEval?.(entry);
