@@ -55,7 +55,9 @@ export function loraConfigFor(config: ResolvedConfig, baseModel: string) {
   return { r: l.r, alpha: l.alpha, dropout: l.dropout, targets, useRslora: l.use_rslora, baseModel };
 }
 
-export async function openModelFor(config: ResolvedConfig, device: string, info: (s: string) => void): Promise<{ model: QwenModel; modelDir: string }> {
+/** rank > 0 (data parallel) gives the LoRA dropout masks their own stream per rank; the LoRA
+ * initialisation stays the same on every rank. */
+export async function openModelFor(config: ResolvedConfig, device: string, info: (s: string) => void, rank = 0): Promise<{ model: QwenModel; modelDir: string }> {
   const modelDir = resolveModelPath(config.model.name_or_path, config.model.revision);
   if (config.advanced.threads > 0) native.setNumThreads(config.advanced.threads);
   const session = openSession(device);
@@ -68,7 +70,7 @@ export async function openModelFor(config: ResolvedConfig, device: string, info:
     quantBlocksize: config.model.quant_blocksize,
     doubleQuant: config.model.double_quant,
     gradientCheckpointing: config.training.gradient_checkpointing,
-    lora: { r: lora.r, alpha: lora.alpha, dropout: lora.dropout, targets: lora.targets as LoraTarget[], useRslora: lora.useRslora, seed: config.training.seed },
+    lora: { r: lora.r, alpha: lora.alpha, dropout: lora.dropout, targets: lora.targets as LoraTarget[], useRslora: lora.useRslora, seed: config.training.seed + rank * 1000003 },
   });
   await model.initLora(config.training.seed);
   return { model, modelDir };
@@ -97,7 +99,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
   const padId = prepared.tokenizer.padId;
   info(`train: ${sets.train.length} examples; eval: ${sets.eval?.length ?? 0} examples (${prepared.stats.cacheHits} splits from the token cache)`);
 
-  const { model } = await openModelFor(config, device, info);
+  const { model } = await openModelFor(config, device, info, world.rank);
   try {
     const loader = TrainLoader.fromConfig(sets.train, config, padId, { rank: world.rank, worldSize: world.worldSize });
     const evalShard = dp ? { rank: world.rank, worldSize: world.worldSize, reduce: world.allreduce } : undefined;
