@@ -28,6 +28,13 @@ CrossEntropyDims check_cross_entropy(const CrossEntropyArgs& a) {
              std::string(op) + ": row_loss " + shape_str(a.row_loss.shape()) + " must hold one value per row (" +
                  std::to_string(d.n) + ")");
   }
+  if (a.dlogits.defined()) {
+    expect_f32_or_bf16(a.dlogits, op, "dlogits");
+    expect_same_context(a.logits, a.dlogits, op);
+    QN_CHECK(a.dlogits.numel() == a.logits.numel() && a.dlogits.dim(-1) == d.v, Shape,
+             std::string(op) + ": dlogits " + shape_str(a.dlogits.shape()) + " must have the logits' shape " +
+                 shape_str(a.logits.shape()));
+  }
   return d;
 }
 

@@ -1,5 +1,5 @@
-// CPU fused cross-entropy over a logits chunk, dlogits written in place (see
-// qn/ops/cross_entropy.h). One row per task; max, sum of exp (kept in a per-thread f32 row) and
+// CPU fused cross-entropy over a logits chunk, dlogits written in place or into a separate f32/bf16
+// tensor (see qn/ops/cross_entropy.h). One row per task; max, sum of exp (kept in a per-thread f32 row) and
 // the gradient pass run in 16 f32 lanes (AVX-512 / AVX2 clones of one body, picked with
 // cpu_features()); the loss sum is added in double in row order (deterministic for any thread
 // count).
@@ -18,6 +18,7 @@ constexpr int kLanes = 16;
 
 struct CeJob {
   void* logits;
+  void* dlogits;  // == logits when in place
   const int32_t* labels;
   float* row_loss;  // [n], always given (a scratch vector when the caller did not ask)
   int64_t v;
@@ -29,15 +30,16 @@ struct CeJob {
 // One row: writes row_loss[r] (0 when ignored) and, with grad, the dlogits row. e (v floats of
 // scratch) keeps exp(z - max) from the sum pass, so the gradient pass multiplies instead of
 // taking exp again: dlogits = e * (grad_scale / sum) - grad_scale [j == y].
-template <typename T>
+template <typename T, typename G>
 QN_XF_INLINE void ce_row(const CeJob& j, int64_t r, float* e) {
-  T* z = static_cast<T*>(j.logits) + r * j.v;
+  const T* z = static_cast<const T*>(j.logits) + r * j.v;
+  G* dz = static_cast<G*>(j.dlogits) + r * j.v;
   const int64_t v = j.v;
   const int32_t y = j.labels[r];
   if (y == j.ignore_index || y < 0 || y >= v) {
     j.row_loss[r] = 0.f;
     if (j.grad)
-      for (int64_t i = 0; i < v; ++i) z[i] = xf::from_f32<T>(0.f);
+      for (int64_t i = 0; i < v; ++i) dz[i] = xf::from_f32<G>(0.f);
     return;
   }
   const int64_t vv = v / kLanes * kLanes;
@@ -58,18 +60,18 @@ QN_XF_INLINE void ce_row(const CeJob& j, int64_t r, float* e) {
   j.row_loss[r] = lse - xf::to_f32(z[y]);
   if (!j.grad) return;
   const float sc = j.grad_scale, k = sc / acc[0];
-  for (int64_t i = 0; i < v; ++i) z[i] = xf::from_f32<T>(e[i] * k);
-  z[y] = xf::from_f32<T>(e[y] * k - sc);
+  for (int64_t i = 0; i < v; ++i) dz[i] = xf::from_f32<G>(e[i] * k);
+  dz[y] = xf::from_f32<G>(e[y] * k - sc);
 }
 
-template <typename T> QN_XF_AVX512 void ce_rows_avx512(const CeJob& j, int64_t b, int64_t e, float* s) {
-  for (int64_t r = b; r < e; ++r) ce_row<T>(j, r, s);
+template <typename T, typename G> QN_XF_AVX512 void ce_rows_avx512(const CeJob& j, int64_t b, int64_t e, float* s) {
+  for (int64_t r = b; r < e; ++r) ce_row<T, G>(j, r, s);
 }
-template <typename T> QN_XF_AVX2 void ce_rows_avx2(const CeJob& j, int64_t b, int64_t e, float* s) {
-  for (int64_t r = b; r < e; ++r) ce_row<T>(j, r, s);
+template <typename T, typename G> QN_XF_AVX2 void ce_rows_avx2(const CeJob& j, int64_t b, int64_t e, float* s) {
+  for (int64_t r = b; r < e; ++r) ce_row<T, G>(j, r, s);
 }
-template <typename T> void ce_rows_scalar(const CeJob& j, int64_t b, int64_t e, float* s) {
-  for (int64_t r = b; r < e; ++r) ce_row<T>(j, r, s);
+template <typename T, typename G> void ce_rows_scalar(const CeJob& j, int64_t b, int64_t e, float* s) {
+  for (int64_t r = b; r < e; ++r) ce_row<T, G>(j, r, s);
 }
 
 }  // namespace
@@ -82,15 +84,19 @@ void cross_entropy(Context&, const CrossEntropyArgs& a) {
     scratch.resize(static_cast<size_t>(d.n));
     rl = scratch.data();
   }
-  CeJob job{a.logits.raw(), a.labels.data<int32_t>(), rl, d.v, a.ignore_index, a.grad_scale, a.compute_grad};
+  const Tensor& out = a.dlogits.defined() ? a.dlogits : a.logits;
+  CeJob job{a.logits.raw(), out.raw(), a.labels.data<int32_t>(), rl, d.v, a.ignore_index, a.grad_scale, a.compute_grad};
   const xf::Isa isa = xf::isa();
   xf::with_type(a.logits.dtype(), [&](auto tt) {
-    using T = decltype(tt);
-    parallel_for(d.n, std::max<int64_t>(1, 65536 / d.v), [&](int64_t b, int64_t e) {
-      std::vector<float> ex(static_cast<size_t>(d.v));
-      if (isa == xf::Isa::Avx512) ce_rows_avx512<T>(job, b, e, ex.data());
-      else if (isa == xf::Isa::Avx2) ce_rows_avx2<T>(job, b, e, ex.data());
-      else ce_rows_scalar<T>(job, b, e, ex.data());
+    xf::with_type(out.dtype(), [&](auto gt) {
+      using T = decltype(tt);
+      using G = decltype(gt);
+      parallel_for(d.n, std::max<int64_t>(1, 65536 / d.v), [&](int64_t b, int64_t e) {
+        std::vector<float> ex(static_cast<size_t>(d.v));
+        if (isa == xf::Isa::Avx512) ce_rows_avx512<T, G>(job, b, e, ex.data());
+        else if (isa == xf::Isa::Avx2) ce_rows_avx2<T, G>(job, b, e, ex.data());
+        else ce_rows_scalar<T, G>(job, b, e, ex.data());
+      });
     });
   });
   double sum = 0;

@@ -1,10 +1,12 @@
-// CUDA fused cross-entropy, dlogits in place (see qn/ops/cross_entropy.h).
+// CUDA fused cross-entropy, dlogits in place or into a separate f32/bf16 tensor (see
+// qn/ops/cross_entropy.h).
 //   ce_row_kernel    one block (512 threads) per row, grid-stride over rows: each thread keeps an
 //                    online (max, sum of exp) over its strided columns, the block merges them
 //                    (warp shuffles, then shared memory) into lse = m + log(s); thread 0 writes the
 //                    row loss lse - z[y] (z[y] read by every thread before the block's first sync,
 //                    so the gradient pass cannot overwrite it first); then the gradient pass
-//                    z_j = (exp(z_j - lse) - [j == y]) * grad_scale. Ignored rows: loss 0, row zeroed.
+//                    dz_j = (exp(z_j - lse) - [j == y]) * grad_scale (dz = z when in place). Ignored
+//                    rows: loss 0, gradient row zeroed.
 //   ce_reduce_kernel one block adds the row losses of non-ignored rows in double, in a fixed order
 //                    (strided per thread, then a shared-memory tree), adds the total to loss_sum once
 //                    and the count to count: deterministic run to run, no atomics.
@@ -32,20 +34,21 @@ __device__ __forceinline__ void merge(float& m, float& s, float m2, float s2) {
   m = mm;
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kThreads) ce_row_kernel(T* z, const int* __restrict__ labels,
+template <typename T, typename G>
+__global__ void __launch_bounds__(kThreads) ce_row_kernel(const T* z, G* dz, const int* __restrict__ labels,
                                                           float* __restrict__ row_loss, long long n, long long v,
                                                           int ignore_index, float grad_scale, bool grad) {
   __shared__ float sm[32], ss[32];
   __shared__ float lse_sh;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (long long r = blockIdx.x; r < n; r += gridDim.x) {
-    T* zr = z + r * v;
+    const T* zr = z + r * v;
+    G* dzr = dz + r * v;
     const int y = labels[r];
     if (ignored(y, ignore_index, v)) {
       if (threadIdx.x == 0) row_loss[r] = 0.f;
       if (grad)
-        for (long long j = threadIdx.x; j < v; j += kThreads) zr[j] = xf::from_f32<T>(0.f);
+        for (long long j = threadIdx.x; j < v; j += kThreads) dzr[j] = xf::from_f32<G>(0.f);
       continue;
     }
     const float zy = xf::to_f32(zr[y]);
@@ -82,7 +85,7 @@ __global__ void __launch_bounds__(kThreads) ce_row_kernel(T* z, const int* __res
     if (grad)
       for (long long j = threadIdx.x; j < v; j += kThreads) {
         const float p = __expf(xf::to_f32(zr[j]) - lse);
-        zr[j] = xf::from_f32<T>(((j == y) ? p - 1.f : p) * grad_scale);
+        dzr[j] = xf::from_f32<G>(((j == y) ? p - 1.f : p) * grad_scale);
       }
     __syncthreads();  // sm/ss/lse_sh are rewritten for the next row
   }
@@ -121,11 +124,15 @@ void cross_entropy(Context& ctx, const CrossEntropyArgs& a) {
   if (d.n == 0) return;
   Tensor rl = a.row_loss.defined() ? a.row_loss : Tensor::empty(a.logits.ctx_ptr(), DType::F32, {d.n});
   const unsigned grid = static_cast<unsigned>(d.n < 65535 * 4 ? d.n : 65535 * 4);
+  const Tensor& out = a.dlogits.defined() ? a.dlogits : a.logits;
   with_type(a.logits.dtype(), [&](auto tt) {
-    using T = decltype(tt);
-    ce_row_kernel<T><<<grid, kThreads, 0, stream_of(ctx)>>>(static_cast<T*>(a.logits.raw()), a.labels.data<int>(),
-                                                           rl.data<float>(), d.n, d.v, a.ignore_index, a.grad_scale,
-                                                           a.compute_grad);
+    with_type(out.dtype(), [&](auto gt) {
+      using T = decltype(tt);
+      using G = decltype(gt);
+      ce_row_kernel<T, G><<<grid, kThreads, 0, stream_of(ctx)>>>(
+          static_cast<const T*>(a.logits.raw()), static_cast<G*>(out.raw()), a.labels.data<int>(), rl.data<float>(),
+          d.n, d.v, a.ignore_index, a.grad_scale, a.compute_grad);
+    });
   });
   QN_CUDA_LAUNCHED("ce_row_kernel", ctx);
   ce_reduce_kernel<<<1, kReduceThreads, 0, stream_of(ctx)>>>(rl.data<float>(), a.labels.data<int>(), d.n, d.v,

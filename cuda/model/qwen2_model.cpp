@@ -773,15 +773,12 @@ LossResult Qwen2Model::head_loss(const Ctx& c, const Tensor& x, const Tensor& dx
     ce.row_loss = row_loss.slice_rows(r0, r1);
     ce.grad_scale = grad_scale;
     ce.compute_grad = grad;
+    // bf16 compute: the gradient is written straight in bf16 for the backward GEMM (no cast pass)
+    Tensor dl = grad && d != DType::F32 ? ws("H.dlogits16", d, {n, V}) : lg;
+    if (grad && d != DType::F32) ce.dlogits = dl;
     cross_entropy(cx, ce);
     tick("ce");
     if (!grad) continue;
-    Tensor dl = lg;
-    if (d != DType::F32) {
-      dl = ws("H.dlogits16", d, {n, V});
-      cast(cx, CastArgs{lg, dl});
-      tick("head_cast");
-    }
     GemmArgs gb;
     gb.a = dl;
     gb.b = W;

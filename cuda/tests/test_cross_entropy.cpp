@@ -1,7 +1,8 @@
 // Fused cross-entropy: loss sum, count and in-place dlogits against float64 loops (the gradient
 // formula itself checked by central differences of the float64 loss), ignored and out-of-range
 // labels, bf16 logits against the f32 path, accumulation across chunks, eval mode (logits
-// untouched), bad arguments; on CUDA against the CPU.
+// untouched), a separate dlogits output of either dtype (bit-identical to in place, then rounded),
+// bad arguments; on CUDA against the CPU.
 #include <cmath>
 #include "cpu/float_rows.h"
 #include "harness.h"
@@ -123,6 +124,44 @@ QN_TEST(cross_entropy_bf16_and_eval_mode) {
   all_close(to_floats(logits), z, 0, 0, "cross_entropy eval leaves logits");
   EXPECT_EQ(to_floats(ls)[0], b.loss);
   EXPECT_EQ((int)to_floats(cnt)[0], (int)n - 1);
+}
+
+// dlogits into a separate tensor: logits untouched, and the values are the in-place f32 gradient
+// rounded once to the output dtype (the same f32 expression, so bit-identical after rounding), for
+// every (logits, dlogits) dtype pair; on CUDA the bf16 outputs also against the CPU's.
+QN_TEST(cross_entropy_separate_dlogits_output) {
+  const int64_t n = 7, v = 5003;
+  auto z = random_floats(n * v, -9, 9, 21);
+  for (auto& x : z) x = bf16_to_f32(f32_to_bf16(x));  // the same values in both dtypes
+  auto y = make_labels(n, v, 22);
+  y[2] = -100;
+  auto ctx = test_ctx();
+  for (DType lt : {DType::F32, DType::BF16}) {
+    const Out inplace = run(ctx, lt, z, y, n, v, 0.125f, 0.f, 0);
+    for (DType gt : {DType::F32, DType::BF16}) {
+      const std::string w = std::string("cross_entropy logits ") + dtype_name(lt) + " -> dlogits " + dtype_name(gt);
+      Tensor logits = from_floats(ctx, lt, {n, v}, z);
+      Tensor ls = from_floats(ctx, DType::F32, {1}, {0.f}), cnt = from_floats(ctx, DType::I32, {1}, {0.f});
+      CrossEntropyArgs a{logits, from_bytes(ctx, DType::I32, {n}, y.data()), ls, cnt, Tensor(), 0.125f};
+      a.dlogits = poisoned(ctx, gt, {n, v});
+      cross_entropy(*ctx, a);
+      all_close(to_floats(logits), z, 0, 0, w + ": logits untouched");
+      EXPECT_EQ(to_floats(ls)[0], inplace.loss);
+      EXPECT_EQ((int)to_floats(cnt)[0], inplace.count);
+      std::vector<float> want = inplace.grad;
+      if (gt == DType::BF16 && lt == DType::F32)
+        for (auto& g : want) g = bf16_to_f32(f32_to_bf16(g));
+      // f32 output from bf16 logits keeps more bits than the in-place bf16 result: compare loosely
+      if (gt == DType::F32 && lt == DType::BF16) all_close(to_floats(a.dlogits), want, 1.f / 256, 1e-30f, w);
+      else all_close(to_floats(a.dlogits), want, 0, 0, w);
+    }
+  }
+  EXPECT_THROWS_CODE(cross_entropy(*ctx, [&] {
+    CrossEntropyArgs a{from_floats(ctx, DType::F32, {n, v}, z), from_bytes(ctx, DType::I32, {n}, y.data()),
+                       Tensor::empty(ctx, DType::F32, {1}), Tensor::empty(ctx, DType::I32, {1})};
+    a.dlogits = Tensor::empty(ctx, DType::BF16, {n, v - 1});
+    return a;
+  }()), Shape);
 }
 
 QN_TEST(cross_entropy_cpu_simd_levels) {

@@ -1,5 +1,7 @@
-// Fused cross-entropy over one chunk of LM-head logits, writing dlogits IN PLACE, so the model runs
-// the LM head chunk by chunk without a [tokens x vocab] f32 buffer for all tokens (DESIGN.md 4).
+// Fused cross-entropy over one chunk of LM-head logits, writing dlogits in place (or into a separate
+// tensor of another dtype, e.g. bf16 for the bf16 LM-head backward GEMM, which saves a cast pass),
+// so the model runs the LM head chunk by chunk without a [tokens x vocab] f32 buffer for all tokens
+// (DESIGN.md 4).
 // CPU: cuda/cpu/cross_entropy.cpp, CUDA: cuda/kernels/cross_entropy.cu,
 // tests: cuda/tests/test_cross_entropy.cpp. Reference: torch.nn.functional.cross_entropy
 // (reduction "sum", ignore_index), with the caller dividing by the token count.
@@ -7,7 +9,8 @@
 // For each row r with label y = labels[r] (labels already shifted by the caller):
 //   m = max_j z_j;  lse = m + log(sum_j exp(z_j - m))        (f32, z = f32(logits[r, :]))
 //   loss_r = lse - z_y
-//   dlogits[r, j] = (exp(z_j - lse) - [j == y]) * grad_scale (rounded to the logits' dtype)
+//   dlogits[r, j] = (exp(z_j - lse) - [j == y]) * grad_scale (computed in f32, rounded once to the
+//                   dtype of dlogits: the logits' own when in place)
 // Ignored rows (y == ignore_index, or y outside [0, V), which is treated the same way): loss 0,
 // not counted, dlogits row = 0.
 // loss_sum += sum_r loss_r (summed in double in row order, added once; CUDA: a fixed-order tree in
@@ -15,8 +18,9 @@
 // compute_grad = false (evaluation): logits are left untouched.
 //
 // Shapes: logits [N, V] (or [..., V]; rows = product of leading dims); labels i32 [N] (any shape with
-// N elements); loss_sum f32 [1]; count i32 [1]; row_loss optional f32 [N].
-// DTypes: logits f32 or bf16.
+// N elements); loss_sum f32 [1]; count i32 [1]; row_loss optional f32 [N]; dlogits optional, the
+// logits' shape.
+// DTypes: logits f32 or bf16; dlogits f32 or bf16 (independently of logits).
 #pragma once
 #include <cstdint>
 #include "qn/op.h"
@@ -32,6 +36,8 @@ struct CrossEntropyArgs {
   float grad_scale = 1.f;     // e.g. 1 / (non-ignored tokens in the whole batch)
   int32_t ignore_index = -100;
   bool compute_grad = true;
+  Tensor dlogits;   // optional [N, V] f32 | bf16: with compute_grad the gradient goes here and the
+                    // logits are left untouched; absent: in place
 };
 
 QN_DECLARE_OP(cross_entropy, CrossEntropyArgs)
