@@ -514,23 +514,27 @@ static void AllreduceGrads(Qwen2Model& m, qn::model::LossResult* loss) {
 }
 
 // trainStep(microBatches[], gradScale, optimOptions): zeroGrad + accumulate all + optimizerStep.
-// With a 4th argument {allreduce: true} the gradients are summed across MPI ranks first.
+// With a 4th argument {allreduce: true} the gradients are summed across MPI ranks first; then
+// microBatches may be empty (a rank whose shard ran out at the end of an epoch, see
+// ts/data/sampler.ts): it contributes zero gradients and still joins the all-reduce and the
+// update, so the ranks stay in lockstep.
 Napi::Value ModelWrap::TrainStep(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Live(env, "trainStep");
   if (info.Length() < 1 || !info[0].IsArray())
     Throw(env, "E_ARG", "Model.trainStep: argument 'microBatches' must be an array, got " + TypeOfValue(info[0]));
   Napi::Array arr = info[0].As<Napi::Array>();
-  if (arr.Length() == 0) Throw(env, "E_ARG", "Model.trainStep: microBatches is empty");
+  // 4th argument {allreduce: true}: data parallel. The gradient buffer (one contiguous f32
+  // buffer) and the loss sum / token count are summed across MPI ranks between the last
+  // accumulate and the optimizer step, so the grad norm and the update see the global gradient.
+  const bool allreduce = info.Length() > 3 && info[3].IsObject() && info[3].As<Napi::Object>().Get("allreduce").ToBoolean().Value();
+  if (arr.Length() == 0 && !allreduce)
+    Throw(env, "E_ARG", "Model.trainStep: microBatches is empty (only a data-parallel step, {allreduce: true}, may have no batches on a rank)");
   auto batches = std::make_shared<std::vector<HostBatch>>();
   for (uint32_t i = 0; i < arr.Length(); ++i)
     batches->push_back(ParseBatch(arr.Get(i), "Model.trainStep(microBatches[" + std::to_string(i) + "])", true));
   const float scale = RequireScale(info, 1, "Model.trainStep");
   const auto opt = ParseOptim(info.Length() > 2 ? info[2] : env.Undefined(), "Model.trainStep");
-  // 4th argument {allreduce: true}: data parallel. The gradient buffer (one contiguous f32
-  // buffer) and the loss sum / token count are summed across MPI ranks between the last
-  // accumulate and the optimizer step, so the grad norm and the update see the global gradient.
-  const bool allreduce = info.Length() > 3 && info[3].IsObject() && info[3].As<Napi::Object>().Get("allreduce").ToBoolean().Value();
   struct Out {
     qn::model::LossResult loss;
     qn::model::StepResult step;

@@ -1,10 +1,10 @@
 // The CLI end to end on the demo model (random Qwen2 with the real Qwen2.5 tokenizer) and the
 // bundled corpus: train, --json, resume (bit-identical on the CPU), eval with the adapter, merge,
 // Ctrl-C, bad flags and bad configs.
-import { test, before } from "node:test";
+import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { cpSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -17,6 +17,10 @@ const cli = path.join(root, "bin", "qlora-native.js");
 const work = mkdtempSync(path.join(os.tmpdir(), "qn-e2e-"));
 const env = { ...process.env, XDG_CACHE_HOME: path.join(work, "cache") };
 let modelDir;
+// (QN_KEEP_TEST_DIRS=1 keeps the ~60 MB work folder for a look)
+after(() => {
+  if (!process.env.QN_KEEP_TEST_DIRS) rmSync(work, { recursive: true, force: true });
+});
 
 const run = (...args) => spawnSync(process.execPath, [cli, ...args], { encoding: "utf8", env, timeout: 300_000 });
 

@@ -4,7 +4,7 @@
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { BatchSampler, collate, epochPermutation, evalBatches, ExampleSet, IGNORE_INDEX, TrainLoader, Xoshiro128 } from "../dist/data/index.js";
+import { BatchSampler, collate, emptyBatch, epochPermutation, evalBatches, ExampleSet, IGNORE_INDEX, TrainLoader, Xoshiro128 } from "../dist/data/index.js";
 
 const PAD = 151643; // Qwen's <|endoftext|>: pad and EOS at once
 const EOS = 151643;
@@ -156,18 +156,90 @@ test("sampler: state/restore resumes exactly, even across an epoch end", () => {
   assert.throws(() => other.restore(a.state()), { code: "E_DATA", message: "cannot resume the data order: size was 23, now 24 (the data or batch settings changed since the checkpoint)" });
 });
 
-test("sharding: ranks cover disjoint examples, together all of them", () => {
+test("sharding: ranks cover disjoint examples, together all of them (none dropped)", () => {
   for (const [size, world] of [[23, 4], [24, 4], [5, 2]]) {
-    const uneven = Array.from({ length: world }, (_, rank) => new BatchSampler({ size, batchSize: 3, seed: 9, rank, worldSize: world, evenShards: false }).epochOrder(2));
-    const all = uneven.flatMap((o) => Array.from(o)).sort((a, b) => a - b);
-    assert.deepEqual(all, Array.from({ length: size }, (_, i) => i), `uneven ${size}/${world}`);
-    const even = Array.from({ length: world }, (_, rank) => new BatchSampler({ size, batchSize: 3, seed: 9, rank, worldSize: world }));
-    const counts = even.map((s) => s.shardSize());
-    assert.ok(counts.every((c) => c === Math.floor(size / world)), "even shards by default");
-    const union = new Set(even.flatMap((s) => Array.from(s.epochOrder(2))));
-    assert.equal(union.size, Math.floor(size / world) * world, "disjoint");
+    const shards = Array.from({ length: world }, (_, rank) => new BatchSampler({ size, batchSize: 3, seed: 9, rank, worldSize: world }));
+    const all = shards.flatMap((s) => Array.from(s.epochOrder(2))).sort((a, b) => a - b);
+    assert.deepEqual(all, Array.from({ length: size }, (_, i) => i), `${size}/${world}`);
+    assert.deepEqual(shards.map((s) => s.shardSize()), Array.from({ length: world }, (_, r) => Math.floor(size / world) + (r < size % world ? 1 : 0)));
+    assert.ok(shards.every((s) => s.batchesPerEpoch() === Math.ceil(size / (3 * world))), "same batch count on every rank");
   }
   assert.throws(() => new BatchSampler({ size: 4, batchSize: 1, seed: 0, rank: 2, worldSize: 2 }), { code: "E_DATA" });
+});
+
+const sorted = (a) => Array.from(a).sort((x, y) => x - y);
+
+test("data parallel sampler: D ranks x batch B = 1 rank x batch B*D, for any size, every example once per epoch", () => {
+  for (const world of [2, 3, 4]) {
+    for (const B of [1, 2, 3]) {
+      for (const size of [1, 2, 5, 7, B * world - 1, B * world, B * world + 1, 2 * B * world + 1, 23, 24]) {
+        if (size < 1) continue;
+        const what = `size ${size}, world ${world}, B ${B}`;
+        const one = new BatchSampler({ size, batchSize: B * world, seed: 5 });
+        const ranks = Array.from({ length: world }, (_, rank) => new BatchSampler({ size, batchSize: B, seed: 5, rank, worldSize: world }));
+        const per = one.batchesPerEpoch();
+        assert.deepEqual(ranks.map((r) => r.batchesPerEpoch()), Array(world).fill(per), `${what}: batchesPerEpoch`);
+        for (let epoch = 0; epoch < 3; epoch++) {
+          const seen = [];
+          for (let j = 0; j < per; j++) {
+            const ref = one.next();
+            const got = ranks.map((r) => r.next());
+            assert.ok(got.every((g) => g.epoch === epoch && g.batchIndex === j), `${what}: epoch ${epoch} batch ${j} in lockstep`);
+            assert.ok(got.every((g) => g.indices.length <= B));
+            const union = got.flatMap((g) => Array.from(g.indices));
+            assert.deepEqual(sorted(union), sorted(ref.indices), `${what}: epoch ${epoch} micro-batch ${j}`);
+            seen.push(...union);
+          }
+          assert.deepEqual(sorted(seen), Array.from({ length: size }, (_, i) => i), `${what}: epoch ${epoch} covers every example once`);
+          assert.deepEqual(ranks.map((r) => r.position), ranks.map((r) => r.shardSize()), `${what}: shards used up`);
+        }
+      }
+    }
+  }
+  // dropLastBatch: floor(size / (B*D)) full batches on every rank
+  const drop = [0, 1, 2].map((rank) => new BatchSampler({ size: 20, batchSize: 3, seed: 1, rank, worldSize: 3, dropLastBatch: true }));
+  assert.deepEqual(drop.map((s) => s.batchesPerEpoch()), [2, 2, 2]);
+  for (let j = 0; j < 3; j++) assert.ok(drop.every((s) => s.next().indices.length === 3));
+  assert.deepEqual(drop.map((s) => s.epoch), [1, 1, 1]);
+  assert.throws(() => new BatchSampler({ size: 5, batchSize: 3, seed: 1, worldSize: 2, dropLastBatch: true }).next(), { code: "E_DATA", message: /not enough examples for one batch/ });
+  assert.throws(() => new BatchSampler({ size: 0, batchSize: 1, seed: 1 }).next(), { code: "E_DATA" });
+});
+
+test("data parallel sampler: every rank resumes from rank 0's state, including across an epoch end", () => {
+  for (const [size, world, B] of [[7, 2, 2], [9, 4, 2], [5, 2, 3], [23, 3, 2], [1, 2, 1], [10, 4, 1]]) {
+    const what = `size ${size}, world ${world}, B ${B}`;
+    const make = (rank) => new BatchSampler({ size, batchSize: B, seed: 13, rank, worldSize: world });
+    const per = make(0).batchesPerEpoch();
+    const total = 3 * per + 1;
+    const full = Array.from({ length: world }, (_, rank) => {
+      const s = make(rank);
+      return Array.from({ length: total }, () => s.next()).map((b) => [b.epoch, b.batchIndex, Array.from(b.indices)]);
+    });
+    for (let cut = 0; cut < total; cut++) {
+      const r0 = make(0);
+      for (let i = 0; i < cut; i++) r0.next();
+      const saved = JSON.parse(JSON.stringify(r0.state()));
+      assert.equal(saved.batches, cut === 0 ? 0 : ((cut - 1) % per) + 1, `${what}: batches at cut ${cut}`);
+      for (let rank = 0; rank < world; rank++) {
+        const s = make(rank);
+        s.restore({ ...saved, rank });
+        const rest = Array.from({ length: total - cut }, () => s.next()).map((b) => [b.epoch, b.batchIndex, Array.from(b.indices)]);
+        assert.deepEqual(rest, full[rank].slice(cut), `${what}: rank ${rank} resumed at cut ${cut}`);
+      }
+      // a state without `batches` (older checkpoints) resumes from its position
+      const legacy = { ...saved };
+      delete legacy.batches;
+      const s = make(0);
+      s.restore(legacy);
+      assert.equal(s.batches, saved.batches, `${what}: legacy state at cut ${cut}`);
+    }
+  }
+  const s = new BatchSampler({ size: 7, batchSize: 2, seed: 1, rank: 1, worldSize: 2 });
+  const state = s.state();
+  assert.throws(() => s.restore({ ...state, batches: 3 }), { code: "E_DATA", message: /batches must be an integer in \[0, 2\]/ });
+  assert.throws(() => s.restore({ ...state, batches: 1, position: 3 }), { code: "E_DATA", message: /position must be in \[2, 2\]/ });
+  assert.throws(() => s.restore({ ...state, epoch: -1 }), { code: "E_DATA" });
+  assert.throws(() => s.restore({ ...state, position: 5, batches: undefined }), { code: "E_DATA" });
 });
 
 test("TrainLoader batches follow the sampler; evalBatches keeps the order", () => {
@@ -186,4 +258,20 @@ test("TrainLoader batches follow the sampler; evalBatches keeps the order", () =
   const evals = [...evalBatches(ex, 8, PAD)];
   assert.deepEqual(evals.map((e) => e.batchSize), [8, 8, 8, 6]);
   assert.deepEqual(evals[3].inputIds.subarray(0, ex.tokens(24).length), ex.tokens(24));
+});
+
+test("TrainLoader with data parallel: a rank whose shard ran out gets an empty batch, then the next epoch", () => {
+  const rows = randomRows(5, 12, 6);
+  const ex = ExampleSet.build(rowsOf(rows), { maxLength: 8, packing: false, eosId: EOS });
+  // 5 examples, 2 ranks, batch 2: rank 0 holds 3, rank 1 holds 2 -> batch 1 is [1 row] and [none]
+  const loaders = [0, 1].map((rank) => new TrainLoader(ex, { batchSize: 2, seed: 4, padId: PAD, rank, worldSize: 2 }));
+  assert.deepEqual(loaders.map((l) => l.batchesPerEpoch()), [2, 2]);
+  const first = loaders.map((l) => [l.next(), l.next()]);
+  assert.deepEqual(first.map((bs) => bs.map((b) => b.batchSize)), [[2, 1], [2, 0]]);
+  const empty = first[1][1];
+  assert.deepEqual([empty.epoch, empty.batchIndex, empty.numTokens, empty.numTargets, empty.inputIds.length, empty.labels.length, empty.attentionMask.length, empty.indices.length], [0, 1, 0, 0, 0, 0, 0, 0]);
+  assert.deepEqual(emptyBatch(8), { inputIds: new Int32Array(0), attentionMask: new Int32Array(0), labels: new Int32Array(0), batchSize: 0, seqLen: 8, numTokens: 0, numTargets: 0 });
+  assert.throws(() => collate(ex, [], { padId: PAD }), { code: "E_DATA" });
+  const second = loaders.map((l) => l.next());
+  assert.deepEqual(second.map((b) => [b.epoch, b.batchIndex, b.batchSize]), [[1, 0, 2], [1, 0, 2]]);
 });

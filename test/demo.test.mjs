@@ -3,15 +3,16 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 
-test("the demo runs to completion and eval perplexity falls", { timeout: 10 * 60 * 1000 }, () => {
+test("the demo runs to completion and eval perplexity falls", { timeout: 10 * 60 * 1000 }, (t) => {
   const cwd = mkdtempSync(path.join(os.tmpdir(), "qn-demo-"));
+  t.after(() => process.env.QN_KEEP_TEST_DIRS || rmSync(cwd, { recursive: true, force: true }));
   const t0 = Date.now();
   const r = spawnSync(process.execPath, [path.join(root, "bin", "qlora-native.js"), "train"], {
     cwd,

@@ -177,6 +177,8 @@ test("native Model: synchronous argument checks, async errors, disposal", async 
     expectThrow(() => nm.accumulate({ ...batch, seqLen: 5 }, 1), "E_SHAPE", /inputIds/);
     expectThrow(() => nm.accumulate({ ...batch, labels: undefined }, 1), "E_ARG", /labels/);
     expectThrow(() => nm.accumulate(batch, NaN), "E_ARG", /gradScale/);
+    // no batches: only a data-parallel step ({allreduce: true}, a rank whose shard ran out) may
+    expectThrow(() => nm.trainStep([], 1, { lr: 1e-3, weightDecay: 0, beta1: 0.9, beta2: 0.999, eps: 1e-8, maxGradNorm: 1 }), "E_ARG", /microBatches is empty/);
     expectThrow(() => nm.optimizerStep({ lr: 1e-3, weightDecay: 0, beta1: 0.9, beta2: 0.999, eps: 1e-8, maxGradNorm: 1, optim: "sgd" }), "E_ARG", /optim/);
     expectThrow(() => nm.setWeight("model.norm.weight", "i32", [64], new Uint8Array(256)), "E_DTYPE");
     expectThrow(() => nm.setWeight("model.norm.weight", "f32", [64], new Uint8Array(255)), "E_SHAPE", /255 bytes/);

@@ -134,3 +134,59 @@ test("interval checkpoints are written even with no onSave listener", async () =
   await runTrainingLoop(ctx);
   assert.deepEqual(saved, ["interval", "interval"]);
 });
+
+test("data parallel: an empty micro-batch is left out; a rank with none still steps (trainStep([], allreduce))", async () => {
+  // 5 examples on 2 ranks with batch 2: rank 0 holds 3, rank 1 holds 2, so each epoch's second
+  // micro-batch is [1 row] on rank 0 and EMPTY on rank 1. This runs rank 1; rank 0's window is
+  // replayed inside the stand-in all-reduce.
+  const rows = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14, 15, 16], [17, 18]];
+  const examples = ExampleSet.build({ ids: Int32Array.from(rows.flat()), offsets: Uint32Array.from([0, 3, 5, 9, 12, 14]) }, { maxLength: 6, packing: false, eosId: 1 });
+  const calls = [];
+  const model = {
+    paramCount: 1,
+    async trainStep(micro, gradScale, opt, step) {
+      calls.push({ micro, gradScale, step });
+      const tokens = micro.reduce((s, b) => s + targetsOf(b), 0);
+      return { lossSum: tokens, tokens, gradNorm: 1, nonFinite: false, skipped: false };
+    },
+    async evalLoss() {
+      return { lossSum: 0, tokens: 1 };
+    },
+  };
+  for (const K of [1, 2]) {
+    calls.length = 0;
+    const { ctx } = setup({ max_steps: 4, gradient_accumulation_steps: K, per_device_train_batch_size: 2 }, model);
+    ctx.loader = new TrainLoader(examples, { batchSize: 2, seed: 3, padId: 1, rank: 1, worldSize: 2 });
+    ctx.state.sampler = ctx.loader.state();
+    ctx.dataParallel = 2;
+    const peer = new TrainLoader(examples, { batchSize: 2, seed: 3, padId: 1, rank: 0, worldSize: 2 });
+    const peerTargets = [];
+    ctx.world = {
+      rank: 1,
+      worldSize: 2,
+      localRank: 1,
+      isMain: false,
+      barrier() {},
+      allreduce(values, what) {
+        assert.equal(what, "target count");
+        let t = 0;
+        for (let i = 0; i < K; i++) t += targetsOf(peer.next());
+        peerTargets.push(t);
+        return [values[0] + t, values[1], values[2]];
+      },
+    };
+    const res = await runTrainingLoop(ctx);
+    assert.equal(res.globalStep, 4);
+    assert.equal(calls.length, 4, "every step calls the model, empty window or not");
+    for (const [k, c] of calls.entries()) {
+      assert.deepEqual(c.step, { allreduce: true });
+      assert.ok(c.micro.every((b) => b.batchSize > 0), "no empty batch reaches the model");
+      const mine = c.micro.reduce((s, b) => s + targetsOf(b), 0);
+      assert.equal(c.gradScale, 1 / (mine + peerTargets[k]), `step ${k}: 1 / targets of both ranks`);
+    }
+    // K = 1: steps 2 and 4 are the epoch's second micro-batch, empty on rank 1
+    if (K === 1) assert.deepEqual(calls.map((c) => c.micro.length), [1, 0, 1, 0]);
+    else assert.deepEqual(calls.map((c) => c.micro.length), [1, 1, 1, 1]);
+    assert.deepEqual(ctx.state.sampler.epoch, K === 1 ? 1 : 3);
+  }
+});

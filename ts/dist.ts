@@ -5,7 +5,9 @@
 //
 // What data parallel changes (ts/train/loop.ts, ts/api/train.ts):
 //   - rank r reads the positions congruent to r modulo N of every epoch's seeded permutation
-//     (ts/data/sampler.ts), so N ranks with batch B see exactly what one rank with batch N*B sees;
+//     (ts/data/sampler.ts), so N ranks with batch B see exactly what one rank with batch N*B sees,
+//     every example once per epoch; all ranks take the same number of steps, and at an epoch's
+//     end a rank's micro-batch may be short or empty (it still joins the step's all-reduce);
 //   - before each optimizer step the window's target and token counts are summed across ranks
 //     (gradScale = 1 / targets of ALL ranks), and inside the native trainStep the one contiguous
 //     gradient buffer plus the loss sum are all-reduced before the grad norm and the update;

@@ -114,7 +114,8 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       const ck = await loadCheckpoint(resumeFrom);
       for (const [key, t] of Object.entries(ck.adapter)) await model.setLora(key, t.data);
       await model.setOptimizerState(ck.optimizer);
-      // rank 0's sampler state; every rank is at the same position of its own shard
+      // rank 0's sampler state; every rank has handed out as many batches of the epoch (the
+      // sampler restores by batch count: shards may differ by one example)
       loader.restore({ ...(ck.dataPosition as object), ...(dp ? { rank: world.rank } : {}) } as never);
       state.globalStep = ck.step;
       state.logHistory = ck.logHistory as LogEntry[];

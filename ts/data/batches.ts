@@ -102,7 +102,16 @@ export interface CollateOptions {
   padding?: "max_length" | "longest";
 }
 
-/** Builds one batch from the examples at `indices`. */
+/**
+ * A batch with no rows (batchSize 0, empty arrays, no tokens or targets): what a data-parallel
+ * rank gets at an epoch's end when its shard has run out (ts/data/sampler.ts). The training loop
+ * leaves it out of the model call; the rank still joins the step's all-reduce.
+ */
+export function emptyBatch(seqLen: number): Batch {
+  return { inputIds: new Int32Array(0), attentionMask: new Int32Array(0), labels: new Int32Array(0), batchSize: 0, seqLen, numTokens: 0, numTargets: 0 };
+}
+
+/** Builds one batch from the examples at `indices` (at least one; see emptyBatch). */
 export function collate(examples: ExampleSet, indices: ArrayLike<number>, opts: CollateOptions): Batch {
   const b = indices.length;
   if (b === 0) throw new QloraError("E_DATA", "cannot build an empty batch");

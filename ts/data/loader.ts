@@ -1,9 +1,10 @@
 // Putting the pieces together for a training loop: example sets built from a prepared dataset and
 // the config (max_length, packing, sample limits), a resumable shuffled loader of training
-// batches, and a plain in-order pass over evaluation batches.
+// batches (sharded across data-parallel ranks, see ts/data/sampler.ts), and a plain in-order pass
+// over evaluation batches.
 
 import type { QloraConfig, ResolvedConfig } from "../config/types.js";
-import { collate, ExampleSet, type Batch } from "./batches.js";
+import { collate, emptyBatch, ExampleSet, type Batch } from "./batches.js";
 import type { PreparedDataset } from "./prepare.js";
 import { BatchSampler, type SamplerState } from "./sampler.js";
 
@@ -66,9 +67,11 @@ export class TrainLoader {
     return this.sampler.batchesPerEpoch();
   }
 
+  /** The next batch; with data parallel an epoch's last one may be short or empty (batchSize 0) on this rank. */
   next(): LoadedBatch {
     const s = this.sampler.next();
-    return { ...collate(this.examples, s.indices, { padId: this.opts.padId, padding: this.opts.padding }), epoch: s.epoch, batchIndex: s.batchIndex, indices: s.indices };
+    const batch = s.indices.length === 0 ? emptyBatch(this.opts.padding === "longest" ? 1 : this.examples.maxLength) : collate(this.examples, s.indices, { padId: this.opts.padId, padding: this.opts.padding });
+    return { ...batch, epoch: s.epoch, batchIndex: s.batchIndex, indices: s.indices };
   }
 
   state(): SamplerState {

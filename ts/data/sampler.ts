@@ -4,9 +4,20 @@
 // is started at state (s << 32) | e and its first two outputs, split into 32-bit halves
 // (low word first), seed xoshiro128** (Blackman & Vigna, 2018). A Fisher-Yates shuffle
 // (i from n-1 down to 1, j uniform in [0, i] by rejection sampling of 32-bit outputs below
-// 2^32 - (2^32 mod (i+1))) turns 0..n-1 into the epoch's permutation. Every rank computes the same
-// permutation and takes the positions congruent to its rank modulo the world size, so ranks cover
-// disjoint examples and together all of them. The state is (epoch, position) and nothing else.
+// 2^32 - (2^32 mod (i+1))) turns 0..n-1 into the epoch's permutation.
+//
+// Sharding (data parallel, worldSize D): every rank computes the same permutation and takes the
+// positions congruent to its rank modulo D, so ranks cover disjoint examples and together all of
+// them; no example is dropped, so when D does not divide the size the first size % D ranks hold
+// one example more. The ranks step in lockstep (each optimizer step all-reduces), so every rank
+// has the same number of batches per epoch: ceil(shard of rank 0 / B) = ceil(size / (B*D)), or
+// floor(size / (B*D)) with dropLastBatch. Batch j of an epoch on every rank is its shard's
+// elements [jB, min(shard, (j+1)B)): together the ranks' batch j are exactly the permutation's
+// positions [jBD, (j+1)BD), i.e. the batch j of one rank with batch size B*D. The last batch of an
+// epoch may therefore be short on a rank, or EMPTY (the caller still steps with it).
+//
+// The state is (epoch, batches of the epoch handed out); `position` (examples of this rank's shard
+// handed out) is kept in it for readability and for states written before `batches` existed.
 
 import { QloraError } from "../errors.js";
 
@@ -93,9 +104,7 @@ export interface SamplerOptions {
   shuffle?: boolean;
   rank?: number;
   worldSize?: number;
-  /** Drop the last size % worldSize examples of each epoch's order so every rank gets as many. Default true when worldSize > 1. */
-  evenShards?: boolean;
-  /** Skip a final batch smaller than batchSize. Default false. */
+  /** Skip the epoch's last batch unless it is full on every rank (size % (batchSize * worldSize) examples). Default false. */
   dropLastBatch?: boolean;
 }
 
@@ -109,37 +118,44 @@ export interface SamplerState {
   worldSize: number;
   /** Current epoch (0-based). */
   epoch: number;
-  /** Examples of this rank's epoch order already handed out. */
+  /** Examples of this rank's shard of the epoch already handed out: min(shard size, batches * batchSize). */
   position: number;
+  /** Batches of the epoch already handed out (the same on every rank). Absent in older states: ceil(position / batchSize). */
+  batches?: number;
 }
 
 export interface SampledBatch {
+  /** This rank's examples; fewer than batchSize (or none) on an epoch's last batch. */
   indices: Uint32Array;
   epoch: number;
-  /** Batch number within the epoch (0-based). */
+  /** Batch number within the epoch (0-based), the same on every rank. */
   batchIndex: number;
+}
+
+/** Examples rank `rank` of `worldSize` holds of an epoch of `size`. */
+function shardSizeOf(size: number, rank: number, worldSize: number): number {
+  return Math.floor(size / worldSize) + (rank < size % worldSize ? 1 : 0);
 }
 
 export class BatchSampler {
   private readonly o: Required<SamplerOptions>;
   private epochValue = 0;
-  private positionValue = 0;
+  /** batches of the current epoch handed out */
+  private batchesValue = 0;
   private order: Uint32Array | null = null;
   private orderEpoch = -1;
 
   constructor(options: SamplerOptions) {
-    const worldSize = options.worldSize ?? 1;
     this.o = {
       size: options.size,
       batchSize: options.batchSize,
       seed: options.seed,
       shuffle: options.shuffle ?? true,
       rank: options.rank ?? 0,
-      worldSize,
-      evenShards: options.evenShards ?? worldSize > 1,
+      worldSize: options.worldSize ?? 1,
       dropLastBatch: options.dropLastBatch ?? false,
     };
-    const { size, batchSize, rank, seed } = this.o;
+    const { size, batchSize, rank, worldSize, seed } = this.o;
     if (!Number.isInteger(size) || size < 0) throw new QloraError("E_DATA", `sampler size must be a non-negative integer, got ${size}`);
     if (!Number.isInteger(batchSize) || batchSize < 1) throw new QloraError("E_DATA", `batch size must be >= 1, got ${batchSize}`);
     if (!Number.isInteger(worldSize) || worldSize < 1 || !Number.isInteger(rank) || rank < 0 || rank >= worldSize) {
@@ -152,20 +168,25 @@ export class BatchSampler {
     return this.epochValue;
   }
 
+  /** Examples of this rank's shard of the current epoch handed out. */
   get position(): number {
-    return this.positionValue;
+    return Math.min(this.shardSize(), this.batchesValue * this.o.batchSize);
   }
 
-  /** Examples this rank sees per epoch. */
+  /** Batches of the current epoch handed out (the same on every rank). */
+  get batches(): number {
+    return this.batchesValue;
+  }
+
+  /** Examples this rank sees per epoch (rank 0 holds the most). */
   shardSize(): number {
-    const { size, worldSize, rank, evenShards } = this.o;
-    const full = Math.floor(size / worldSize);
-    return evenShards ? full : full + (rank < size % worldSize ? 1 : 0);
+    return shardSizeOf(this.o.size, this.o.rank, this.o.worldSize);
   }
 
+  /** Batches per epoch, the same on every rank: ceil(size / (B*D)), or floor with dropLastBatch. */
   batchesPerEpoch(): number {
-    const n = this.shardSize();
-    return this.o.dropLastBatch ? Math.floor(n / this.o.batchSize) : Math.ceil(n / this.o.batchSize);
+    const { size, batchSize, worldSize, dropLastBatch } = this.o;
+    return dropLastBatch ? Math.floor(size / (batchSize * worldSize)) : Math.ceil(shardSizeOf(size, 0, worldSize) / batchSize);
   }
 
   /** This rank's example order for `epoch`. */
@@ -178,31 +199,39 @@ export class BatchSampler {
     return out;
   }
 
-  /** The next batch; moves to the next epoch when the current one is used up. */
+  /** The next batch (possibly short or empty on an epoch's last batch); moves to the next epoch after batchesPerEpoch() batches. */
   next(): SampledBatch {
-    if (this.batchesPerEpoch() === 0) throw new QloraError("E_DATA", `not enough examples for one batch (${this.shardSize()} on this rank, batch size ${this.o.batchSize})`);
-    const n = this.shardSize();
-    const remaining = n - this.positionValue;
-    if (remaining <= 0 || (this.o.dropLastBatch && remaining < this.o.batchSize)) {
+    const perEpoch = this.batchesPerEpoch();
+    if (perEpoch === 0) {
+      const { size, batchSize, worldSize } = this.o;
+      throw new QloraError("E_DATA", `not enough examples for one batch (${size} examples, batch size ${batchSize}${worldSize > 1 ? ` on each of ${worldSize} ranks` : ""})`);
+    }
+    if (this.batchesValue >= perEpoch) {
       this.epochValue++;
-      this.positionValue = 0;
+      this.batchesValue = 0;
     }
     if (this.orderEpoch !== this.epochValue) {
       this.order = this.epochOrder(this.epochValue);
       this.orderEpoch = this.epochValue;
     }
-    const start = this.positionValue;
+    const n = this.shardSize();
+    const j = this.batchesValue++;
+    const start = Math.min(n, j * this.o.batchSize);
     const end = Math.min(n, start + this.o.batchSize);
-    this.positionValue = end;
-    return { indices: this.order!.slice(start, end), epoch: this.epochValue, batchIndex: Math.floor(start / this.o.batchSize) };
+    return { indices: this.order!.slice(start, end), epoch: this.epochValue, batchIndex: j };
   }
 
   state(): SamplerState {
     const { size, batchSize, seed, shuffle, rank, worldSize } = this.o;
-    return { version: 1, size, batchSize, seed, shuffle, rank, worldSize, epoch: this.epochValue, position: this.positionValue };
+    return { version: 1, size, batchSize, seed, shuffle, rank, worldSize, epoch: this.epochValue, position: this.position, batches: this.batchesValue };
   }
 
-  /** Continues from a saved state; the data and settings must be the ones it was saved with. */
+  /**
+   * Continues from a saved state; the data and settings must be the ones it was saved with. The
+   * batch count is what carries over, so a state saved by another rank of the same run (rank
+   * overridden) restores this rank to the same step: ts/api/train.ts restores rank 0's state on
+   * every rank.
+   */
   restore(state: SamplerState): void {
     const mine = this.state();
     const keys = ["size", "batchSize", "seed", "shuffle", "rank", "worldSize"] as const;
@@ -210,10 +239,17 @@ export class BatchSampler {
     if (state.version !== 1 || diff.length > 0) {
       throw new QloraError("E_DATA", `cannot resume the data order: ${diff.map((k) => `${k} was ${state[k]}, now ${mine[k]}`).join("; ") || "unknown state version"} (the data or batch settings changed since the checkpoint)`);
     }
-    if (!Number.isInteger(state.epoch) || state.epoch < 0 || !Number.isInteger(state.position) || state.position < 0 || state.position > this.shardSize()) {
-      throw new QloraError("E_DATA", `cannot resume the data order: invalid epoch ${state.epoch} / position ${state.position}`);
-    }
+    const { size, batchSize, worldSize } = this.o;
+    const bad = (why: string) => new QloraError("E_DATA", `cannot resume the data order: invalid epoch ${state.epoch} / position ${state.position}${state.batches === undefined ? "" : ` / batches ${state.batches}`} (${why})`);
+    if (!Number.isInteger(state.epoch) || state.epoch < 0) throw bad("epoch must be a non-negative integer");
+    if (!Number.isInteger(state.position) || state.position < 0) throw bad("position must be a non-negative integer");
+    const batches = state.batches ?? Math.ceil(state.position / batchSize);
+    if (!Number.isInteger(batches) || batches < 0 || batches > this.batchesPerEpoch()) throw bad(`batches must be an integer in [0, ${this.batchesPerEpoch()}]`);
+    // position is min(shard, batches * B) of the rank that saved it; shards differ by at most one
+    const lo = Math.min(shardSizeOf(size, worldSize - 1, worldSize), batches * batchSize);
+    const hi = Math.min(shardSizeOf(size, 0, worldSize), batches * batchSize);
+    if (state.position < (state.batches === undefined ? 0 : lo) || state.position > hi) throw bad(`position must be in [${state.batches === undefined ? 0 : lo}, ${hi}]`);
     this.epochValue = state.epoch;
-    this.positionValue = state.position;
+    this.batchesValue = batches;
   }
 }

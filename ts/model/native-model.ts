@@ -133,7 +133,7 @@ export interface NativeModel {
   zeroGrad(): Promise<void>;
   accumulate(batch: ModelBatch, gradScale: number): Promise<LossResult>;
   optimizerStep(opt: NativeOptimOptions): Promise<OptimizerStepResult>;
-  /** step.allreduce: sum gradients, loss sum and tokens across MPI ranks before the optimizer step (data parallel) */
+  /** step.allreduce: sum gradients, loss sum and tokens across MPI ranks before the optimizer step (data parallel); only then may microBatches be empty */
   trainStep(microBatches: ModelBatch[], gradScale: number, opt: NativeOptimOptions, step?: { allreduce?: boolean }): Promise<TrainStepResult>;
   evalLoss(batch: ModelBatch): Promise<LossResult>;
   /** [batchSize * seqLen * vocab] fp32 logits (parity tests; small models only) */

@@ -1,6 +1,8 @@
 // The training loop: Hugging Face Trainer semantics on a TrainableModel.
 //   - B_eff = B x K x D; each optimizer step runs K micro-batches in ONE native call, the loss
-//     normalized by the non-ignored targets of the whole window;
+//     normalized by the non-ignored targets of the whole window (of all ranks); with data
+//     parallel a rank's micro-batches at an epoch's end may be short or empty, the step is still
+//     taken on every rank (together they hold exactly what one rank with batch B x D would);
 //   - lr per update k from the schedule (transformers' formulas), clipping by global norm;
 //   - logging every logging_steps (mean loss since the last log), eval every eval_steps and at
 //     the end, checkpoints every save_steps (rotated), SIGINT/abort -> checkpoint and clean exit;
@@ -113,8 +115,14 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
       break;
     }
     const k = state.globalStep;
+    // data parallel: at an epoch's end a rank's micro-batch can be short or empty (ts/data/sampler.ts);
+    // empty ones carry nothing and are left out of the model call. A rank left with none still
+    // calls trainStep([]) below, so its all-reduce and update stay in lockstep with the others.
     const micro: Batch[] = [];
-    for (let i = 0; i < K; i++) micro.push(loader.next());
+    for (let i = 0; i < K; i++) {
+      const b = loader.next();
+      if (b.batchSize > 0) micro.push(b);
+    }
     let { targets, gradScale } = windowGradScale(micro);
     let stepTokens = micro.reduce((s, b) => s + b.numTokens, 0);
     if (dp) {

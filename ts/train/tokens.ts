@@ -1,7 +1,7 @@
 // Token bookkeeping for gradient accumulation: the loss of an optimizer step is the summed token
 // cross-entropy of its whole accumulation window divided by the number of non-ignored targets in
 // that window (not a mean of micro-batch means), so each micro-batch's gradient is scaled by
-// 1 / (targets in the window).
+// 1 / (targets in the window). Empty batches (batchSize 0, data parallel at an epoch's end) count 0.
 import type { Batch } from "../data/batches.js";
 
 /** Shifted next-token targets that count in the loss: labels[t+1] != -100 within a row. */

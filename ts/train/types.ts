@@ -18,7 +18,7 @@ export interface OptimizerStateBlob {
 
 export interface TrainableModel extends LossModel {
   readonly paramCount: number;
-  /** step.allreduce (data parallel): gradients, loss sum and tokens are summed across ranks before the update */
+  /** step.allreduce (data parallel): gradients, loss sum and tokens are summed across ranks before the update; then microBatches may be empty (this rank contributes nothing but joins the step) */
   trainStep(microBatches: Batch[], gradScale: number, opt: OptimOptions, step?: { allreduce?: boolean }): Promise<StepResult>;
   getLora(): Promise<Record<string, LoraTensor>>;
   setLora(peftKey: string, data: Float32Array): Promise<void> | void;

@@ -6,7 +6,21 @@
 //
 // Every collective runs under a watchdog: when it has not completed within the timeout
 // (QN_DIST_TIMEOUT_S, default 300 s) a peer rank is dead or hung, and the watchdog prints which
-// collective on which rank stalled and calls MPI_Abort, which makes mpirun end every rank.
+// collective on which rank stalled, names the rank(s) that did not reach it, and calls MPI_Abort,
+// which makes mpirun end every rank.
+//
+// Naming them needs no extra networking nor MPI_THREAD_MULTIPLE: collectives are numbered (every
+// rank makes them in the same order; #1 is init's broadcast of a job token from rank 0) and each
+// rank rewrites a small heartbeat file, <dir>/rank-<r>, with the number and name of the collective
+// it is entering (one pwrite, no fsync). <dir> = $QN_DIST_HEARTBEAT_DIR (else $TMPDIR, else /tmp)
+// + /qn-heartbeat-<token>. On a timeout the watchdog reads every rank's file: ranks whose last
+// number is below its own never reached the collective ("rank 2 died or hangs: it did not reach
+// this collective (the last one it entered was #7 'target count')"); a rank of this node whose
+// process is stopped or gone is named too; a rank without a file is named only when nothing else
+// explains the wait (on other nodes the files are visible only when the directory is shared).
+// Files are removed at finalize (the directory by the last rank); a job that aborted leaves its
+// directory until the next job's local rank 0 sweeps directories whose processes are all gone.
+// A file error only turns the files off (one warning): the message then says "another rank".
 #pragma once
 #include <cstddef>
 #include <cstdint>
