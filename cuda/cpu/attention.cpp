@@ -11,11 +11,21 @@
 // with cpu_features(); the two micro-GEMMs (S = A B^T over D, C += A B over the tile) are AVX-512
 // intrinsics (4 x 64 register blocks) or fixed-width loops for the other levels. Masked scores
 // are -inf; a row with no allowed key gets out = 0, lse = -inf and contributes no gradient.
+// bf16 inputs on a CPU with AVX512_BF16 (and head_dim % 16 == 0) take bf16 tiles instead
+// (attention_bf16.h: vdpbf16ps, twice the f32 FMA rate): Q, K, V, dO packed as bf16 (q unscaled,
+// the scale applied to S and dK in f32), P and dS rounded to bf16 before the products that use
+// them, as FlashAttention-2 does on the GPU; softmax, lse and all accumulators stay f32.
+// QN_ATTENTION_CPU_F32=1 forces the f32 tiles (for comparisons).
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
 #include <vector>
 #include <immintrin.h>
+#include "attention_bf16.h"
 #include "float_rows.h"
+#include "qn/cpu_features.h"
 #include "qn/ops/attention.h"
 #include "qn/parallel.h"
 
@@ -41,6 +51,10 @@ struct Job {
   // Packed f32 copies (zero rows/columns past T): kt, vt [B, Hkv, D, Tp] (transposed), kr, vr
   // [B, Hkv, Tp, D]; backward also qf (q * scale) and dof [B, Hq, Tp, D].
   const float *kt, *vt, *kr, *vr, *qf, *dof;
+  // bf16 tiles (bf16mm): ktp, vtp [B, Hkv, D/2, Tp, 2] (pairs along D), vrp, krp [B, Hkv, Tp/2, D, 2]
+  // and qp, dop [B, Hq, Tp/2, D, 2] (pairs along T), qrow, dorow [B, Hq, Tp, D] (rows, q unscaled).
+  bool bf16mm;
+  const uint16_t *ktp, *vtp, *vrp, *krp, *qp, *dop, *qrow, *dorow;
   // Micro-GEMMs for the CPU's SIMD level (see gemm_abt / gemm_acc).
   void (*abt)(float* s, const float* a, const float* bt, int64_t ldb, int64_t d);
   void (*acc)(float* c, const float* a, int64_t sr, int64_t sx, const float* b, int64_t d);
@@ -57,13 +71,24 @@ struct Job {
   const float* qf_at(int64_t bi, int64_t h, int64_t i0) const { return qf + ((bi * hq + h) * tp + i0) * d; }
   const float* dof_at(int64_t bi, int64_t h, int64_t i0) const { return dof + ((bi * hq + h) * tp + i0) * d; }
   float* dqp_at(int64_t kt, int64_t bi, int64_t h, int64_t i0) const { return dqp + (((kt * b + bi) * hq + h) * tp + i0) * d; }
+  // bf16 tiles: the pair-interleaved and row copies start at the same element offsets as the f32 ones
+  const uint16_t* ktp_at(int64_t bi, int64_t g, int64_t j0) const { return ktp + (bi * hkv + g) * d * tp + 2 * j0; }
+  const uint16_t* vtp_at(int64_t bi, int64_t g, int64_t j0) const { return vtp + (bi * hkv + g) * d * tp + 2 * j0; }
+  const uint16_t* vrp_at(int64_t bi, int64_t g, int64_t j0) const { return vrp + ((bi * hkv + g) * tp + j0) * d; }
+  const uint16_t* krp_at(int64_t bi, int64_t g, int64_t j0) const { return krp + ((bi * hkv + g) * tp + j0) * d; }
+  const uint16_t* qp_at(int64_t bi, int64_t h, int64_t i0) const { return qp + ((bi * hq + h) * tp + i0) * d; }
+  const uint16_t* dop_at(int64_t bi, int64_t h, int64_t i0) const { return dop + ((bi * hq + h) * tp + i0) * d; }
+  const uint16_t* qrow_at(int64_t bi, int64_t h, int64_t i0) const { return qrow + ((bi * hq + h) * tp + i0) * d; }
+  const uint16_t* dorow_at(int64_t bi, int64_t h, int64_t i0) const { return dorow + ((bi * hq + h) * tp + i0) * d; }
 };
 
 // Per-thread tile buffers (f32).
 struct Bufs {
   std::vector<float> qs, o, s, dp, dk, dv, bias, m, l;
+  std::vector<uint16_t> qb, pb;  // bf16 tiles: q rows [kB, d]; P / P^T / dS / dS^T [kB, kB]
   explicit Bufs(int64_t d)
-      : qs(kB * d), o(kB * d), s(kB * kB), dp(kB * kB), dk(kB * d), dv(kB * d), bias(kB), m(kB), l(kB) {}
+      : qs(kB * d), o(kB * d), s(kB * kB), dp(kB * kB), dk(kB * d), dv(kB * d), bias(kB), m(kB), l(kB), qb(kB * d),
+        pb(kB * kB) {}
 };
 
 // dst[r][:] = mul * src[r * stride + :] for r < n, zero rows up to kB.
@@ -90,6 +115,33 @@ void pack(float* dst, const void* src_v, int64_t b, int64_t t, int64_t tp, int64
           const float v = r < t ? mul * xf::to_f32(row[e]) : 0.f;
           if (transposed) base[e * tp + r] = v;
           else base[r * d + e] = v;
+        }
+      }
+    }
+  });
+}
+
+// bf16 copies of head hd of a bf16 [B, T, H, D] tensor, zero past T, one task per (b, head, tile):
+// rows [B, H, Tp, D]; pairs along D [B, H, D/2, Tp, 2]; pairs along T [B, H, Tp/2, D, 2].
+enum class Bf16Layout { Rows, PairsD, PairsT };
+void pack_bf16(uint16_t* dst, const void* src_v, int64_t b, int64_t t, int64_t tp, int64_t heads, int64_t d,
+               Bf16Layout layout) {
+  const uint16_t* src = static_cast<const uint16_t*>(src_v);
+  const int64_t tiles = tp / kB;
+  parallel_for(b * heads * tiles, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t tile = task % tiles, hd = (task / tiles) % heads, bi = task / (tiles * heads);
+      uint16_t* base = dst + (bi * heads + hd) * tp * d;
+      for (int64_t r = tile * kB; r < (tile + 1) * kB; ++r) {
+        const uint16_t* row = src + ((bi * t + r) * heads + hd) * d;
+        if (layout == Bf16Layout::Rows) {
+          if (r < t) std::memcpy(base + r * d, row, d * sizeof(uint16_t));
+          else std::fill(base + r * d, base + (r + 1) * d, uint16_t(0));
+        } else if (layout == Bf16Layout::PairsD) {
+          for (int64_t e = 0; e < d; ++e) base[((e >> 1) * tp + r) * 2 + (e & 1)] = r < t ? row[e] : 0;
+        } else {
+          uint16_t* out = base + (r >> 1) * d * 2 + (r & 1);
+          for (int64_t e = 0; e < d; ++e) out[2 * e] = r < t ? row[e] : 0;
         }
       }
     }
@@ -211,7 +263,13 @@ QN_XF_INLINE void forward_task(const Job& jb, Bufs& w, int64_t task) {
   const int64_t g = h / (jb.hq / jb.hkv), d = jb.d;
   const int64_t i0 = qt * kB, nq = std::min<int64_t>(kB, jb.t - i0);
   const T* q = static_cast<const T*>(jb.q) + ((bi * jb.t + i0) * jb.hq + h) * d;
-  load_rows(w.qs.data(), q, jb.hq * d, nq, d, jb.scale);
+  if (jb.bf16mm) {  // bf16 q rows as they are (the scale goes on S)
+    const uint16_t* qh = reinterpret_cast<const uint16_t*>(q);
+    for (int64_t r = 0; r < nq; ++r) std::memcpy(w.qb.data() + r * d, qh + r * jb.hq * d, d * sizeof(uint16_t));
+    std::fill(w.qb.begin() + nq * d, w.qb.end(), uint16_t(0));
+  } else {
+    load_rows(w.qs.data(), q, jb.hq * d, nq, d, jb.scale);
+  }
   std::fill(w.o.begin(), w.o.end(), 0.f);
   std::fill(w.m.begin(), w.m.end(), -INFINITY);
   std::fill(w.l.begin(), w.l.end(), 0.f);
@@ -219,7 +277,8 @@ QN_XF_INLINE void forward_task(const Job& jb, Bufs& w, int64_t task) {
   for (int64_t j0 = 0; j0 < jend; j0 += kB) {
     const int64_t nk = std::min<int64_t>(kB, jend - j0);
     key_bias(jb, bi, j0, nk, w.bias.data());
-    jb.abt(w.s.data(), w.qs.data(), jb.kt_at(bi, g, j0), jb.tp, d);
+    if (jb.bf16mm) attention_bf16::abt(w.s.data(), w.qb.data(), d, jb.ktp_at(bi, g, j0), jb.tp, d, jb.scale);
+    else jb.abt(w.s.data(), w.qs.data(), jb.kt_at(bi, g, j0), jb.tp, d);
     mask_scores(jb, w.s.data(), w.bias.data(), i0, j0);
     for (int64_t i = 0; i < kB; ++i) {
       float* sr = w.s.data() + i * kB;
@@ -241,7 +300,12 @@ QN_XF_INLINE void forward_task(const Job& jb, Bufs& w, int64_t task) {
       if (alpha != 1.f)
         for (int64_t e = 0; e < d; ++e) w.o[i * d + e] *= alpha;
     }
-    jb.acc(w.o.data(), w.s.data(), kB, 1, jb.vr_at(bi, g, j0), d);
+    if (jb.bf16mm) {
+      attention_bf16::to_bf16(w.s.data(), w.pb.data());
+      attention_bf16::acc(w.o.data(), w.pb.data(), jb.vrp_at(bi, g, j0), d);
+    } else {
+      jb.acc(w.o.data(), w.s.data(), kB, 1, jb.vr_at(bi, g, j0), d);
+    }
   }
   T* out = static_cast<T*>(jb.out) + ((bi * jb.t + i0) * jb.hq + h) * d;
   for (int64_t i = 0; i < nq; ++i) {
@@ -256,9 +320,15 @@ QN_XF_INLINE void forward_task(const Job& jb, Bufs& w, int64_t task) {
 QN_XF_INLINE void scores_and_ds(const Job& jb, Bufs& w, int64_t bi, int64_t h, int64_t g, int64_t i0, int64_t nq,
                                 int64_t j0) {
   const int64_t d = jb.d;
-  jb.abt(w.s.data(), jb.qf_at(bi, h, i0), jb.kt_at(bi, g, j0), jb.tp, d);
-  mask_scores(jb, w.s.data(), w.bias.data(), i0, j0);
-  jb.abt(w.dp.data(), jb.dof_at(bi, h, i0), jb.vt_at(bi, g, j0), jb.tp, d);
+  if (jb.bf16mm) {
+    attention_bf16::abt(w.s.data(), jb.qrow_at(bi, h, i0), d, jb.ktp_at(bi, g, j0), jb.tp, d, jb.scale);
+    mask_scores(jb, w.s.data(), w.bias.data(), i0, j0);
+    attention_bf16::abt(w.dp.data(), jb.dorow_at(bi, h, i0), d, jb.vtp_at(bi, g, j0), jb.tp, d, 1.f);
+  } else {
+    jb.abt(w.s.data(), jb.qf_at(bi, h, i0), jb.kt_at(bi, g, j0), jb.tp, d);
+    mask_scores(jb, w.s.data(), w.bias.data(), i0, j0);
+    jb.abt(w.dp.data(), jb.dof_at(bi, h, i0), jb.vt_at(bi, g, j0), jb.tp, d);
+  }
   const float* lse = jb.lse + (bi * jb.hq + h) * jb.t + i0;
   const float* delta = jb.delta + (bi * jb.hq + h) * jb.t + i0;
   for (int64_t i = 0; i < kB; ++i) {
@@ -290,21 +360,31 @@ QN_XF_INLINE void dkv_task(const Job& jb, Bufs& w, int64_t task) {
     for (int64_t i0 = jb.causal ? j0 : 0; i0 < jb.t; i0 += kB) {
       const int64_t nq = std::min<int64_t>(kB, jb.t - i0);
       scores_and_ds(jb, w, bi, h, g, i0, nq, j0);
-      jb.acc(w.dv.data(), w.s.data(), 1, kB, jb.dof_at(bi, h, i0), d);  // dV += P^T dO
-      jb.acc(w.dk.data(), w.dp.data(), 1, kB, jb.qf_at(bi, h, i0), d);  // dK += dS^T (scale q)
-      if (jb.dqp) {  // this key tile's share of dQ: dS K (summed over key tiles in dq_reduce_task)
-        float* part = jb.dqp_at(kt, bi, h, i0);
-        std::fill(part, part + kB * d, 0.f);
-        jb.acc(part, w.dp.data(), kB, 1, jb.kr_at(bi, g, j0), d);
+      float* part = jb.dqp ? jb.dqp_at(kt, bi, h, i0) : nullptr;  // this key tile's share of dQ: dS K
+      if (part && !jb.bf16mm) std::fill(part, part + kB * d, 0.f);  // (summed in dq_reduce_task)
+      if (jb.bf16mm) {
+        attention_bf16::to_bf16_t(w.s.data(), w.pb.data());
+        attention_bf16::acc(w.dv.data(), w.pb.data(), jb.dop_at(bi, h, i0), d);  // dV += P^T dO
+        attention_bf16::to_bf16_t(w.dp.data(), w.pb.data());
+        attention_bf16::acc(w.dk.data(), w.pb.data(), jb.qp_at(bi, h, i0), d);  // dK += dS^T q (scaled below)
+        if (part) {
+          attention_bf16::to_bf16(w.dp.data(), w.pb.data());
+          attention_bf16::acc(part, w.pb.data(), jb.krp_at(bi, g, j0), d, false);
+        }
+      } else {
+        jb.acc(w.dv.data(), w.s.data(), 1, kB, jb.dof_at(bi, h, i0), d);  // dV += P^T dO
+        jb.acc(w.dk.data(), w.dp.data(), 1, kB, jb.qf_at(bi, h, i0), d);  // dK += dS^T (scale q)
+        if (part) jb.acc(part, w.dp.data(), kB, 1, jb.kr_at(bi, g, j0), d);
       }
     }
   }
   const int64_t off = ((bi * jb.t + j0) * jb.hkv + g) * d;
   T* dk = static_cast<T*>(jb.dk) + off;
   T* dv = static_cast<T*>(jb.dv) + off;
+  const float dk_scale = jb.bf16mm ? jb.scale : 1.f;
   for (int64_t r = 0; r < nk; ++r)
     for (int64_t e = 0; e < d; ++e) {
-      dk[r * jb.hkv * d + e] = xf::from_f32<T>(w.dk[r * d + e]);
+      dk[r * jb.hkv * d + e] = xf::from_f32<T>(dk_scale * w.dk[r * d + e]);
       dv[r * jb.hkv * d + e] = xf::from_f32<T>(w.dv[r * d + e]);
     }
 }
@@ -320,7 +400,12 @@ QN_XF_INLINE void dq_task(const Job& jb, Bufs& w, int64_t task) {
   for (int64_t j0 = 0; j0 < jend; j0 += kB) {
     key_bias(jb, bi, j0, std::min<int64_t>(kB, jend - j0), w.bias.data());
     scores_and_ds(jb, w, bi, h, g, i0, nq, j0);
-    jb.acc(w.o.data(), w.dp.data(), kB, 1, jb.kr_at(bi, g, j0), d);  // dQ += dS K
+    if (jb.bf16mm) {
+      attention_bf16::to_bf16(w.dp.data(), w.pb.data());
+      attention_bf16::acc(w.o.data(), w.pb.data(), jb.krp_at(bi, g, j0), d);  // dQ += dS K
+    } else {
+      jb.acc(w.o.data(), w.dp.data(), kB, 1, jb.kr_at(bi, g, j0), d);  // dQ += dS K
+    }
   }
   T* dq = static_cast<T*>(jb.dq) + ((bi * jb.t + i0) * jb.hq + h) * d;
   for (int64_t i = 0; i < nq; ++i)
@@ -388,12 +473,26 @@ Job make_job(const AttentionDims& d, const Tensor& q, const Tensor& k, const Ten
   const xf::Isa isa = xf::isa();
   jb.abt = isa == xf::Isa::Avx512 ? gemm_abt_avx512 : isa == xf::Isa::Avx2 ? gemm_abt_avx2 : gemm_abt_scalar;
   jb.acc = isa == xf::Isa::Avx512 ? gemm_acc_avx512 : isa == xf::Isa::Avx2 ? gemm_acc_avx2 : gemm_acc_scalar;
+  static const bool force_f32 = std::getenv("QN_ATTENTION_CPU_F32") != nullptr;
+  const CpuFeatures& f = cpu_features();
+  jb.bf16mm = q.dtype() == DType::BF16 && isa == xf::Isa::Avx512 && f.avx512_bf16 && f.avx512bw && f.avx512vl &&
+              d.d % 16 == 0 && !force_f32;
   return jb;
 }
 
+// A buffer that every user writes in full before reading: not zero-filled (a std::vector would
+// memset megabytes per call).
+template <typename T>
+struct RawBuf {
+  std::unique_ptr<T[]> p;
+  void resize(size_t n) { p.reset(new T[n]); }
+  T* data() { return p.get(); }
+};
+
 // Packed copies of one call (see Job).
 struct Packed {
-  std::vector<float> kt, vt, kr, vr, qf, dof;
+  RawBuf<float> kt, vt, kr, vr, qf, dof;
+  RawBuf<uint16_t> ktp, vtp, vrp, krp, qp, dop, qrow, dorow;
 };
 
 }  // namespace
@@ -405,15 +504,24 @@ void attention_forward(Context&, const AttentionForwardArgs& a) {
   jb.lse = a.lse.defined() ? a.lse.data<float>() : nullptr;
   Packed pk;
   const size_t kv = static_cast<size_t>(d.b * d.hkv * jb.tp * d.d);
-  pk.kt.resize(kv);
-  pk.vr.resize(kv);
-  xf::with_type(a.q.dtype(), [&](auto tt) {
-    using T = decltype(tt);
-    pack<T>(pk.kt.data(), jb.k, d.b, d.t, jb.tp, d.hkv, d.d, 1.f, true);
-    pack<T>(pk.vr.data(), jb.v, d.b, d.t, jb.tp, d.hkv, d.d, 1.f, false);
-  });
-  jb.kt = pk.kt.data();
-  jb.vr = pk.vr.data();
+  if (jb.bf16mm) {
+    pk.ktp.resize(kv);
+    pk.vrp.resize(kv);
+    pack_bf16(pk.ktp.data(), jb.k, d.b, d.t, jb.tp, d.hkv, d.d, Bf16Layout::PairsD);
+    pack_bf16(pk.vrp.data(), jb.v, d.b, d.t, jb.tp, d.hkv, d.d, Bf16Layout::PairsT);
+    jb.ktp = pk.ktp.data();
+    jb.vrp = pk.vrp.data();
+  } else {
+    pk.kt.resize(kv);
+    pk.vr.resize(kv);
+    xf::with_type(a.q.dtype(), [&](auto tt) {
+      using T = decltype(tt);
+      pack<T>(pk.kt.data(), jb.k, d.b, d.t, jb.tp, d.hkv, d.d, 1.f, true);
+      pack<T>(pk.vr.data(), jb.v, d.b, d.t, jb.tp, d.hkv, d.d, 1.f, false);
+    });
+    jb.kt = pk.kt.data();
+    jb.vr = pk.vr.data();
+  }
   run_pass(jb, a.q.dtype(), Pass::Forward, d.b * d.hq * (jb.tp / kB));
 }
 
@@ -429,7 +537,7 @@ void attention_backward(Context&, const AttentionBackwardArgs& a) {
   std::vector<float> delta(static_cast<size_t>(d.b * d.hq * d.t));
   Packed pk;
   const size_t kv = static_cast<size_t>(d.b * d.hkv * jb.tp * d.d), qn = static_cast<size_t>(d.b * d.hq * jb.tp * d.d);
-  pk.kt.resize(kv), pk.vt.resize(kv), pk.kr.resize(kv), pk.qf.resize(qn), pk.dof.resize(qn);
+  if (!jb.bf16mm) pk.kt.resize(kv), pk.vt.resize(kv), pk.kr.resize(kv), pk.qf.resize(qn), pk.dof.resize(qn);
   xf::with_type(a.q.dtype(), [&](auto tt) {
     using T = decltype(tt);
     const T* o = static_cast<const T*>(a.out.raw());
@@ -443,12 +551,26 @@ void attention_backward(Context&, const AttentionBackwardArgs& a) {
           delta[((r / d.t) * d.hq + h) * d.t + r % d.t] = s;
         }
     });
+    if (jb.bf16mm) return;
     pack<T>(pk.kt.data(), jb.k, d.b, d.t, jb.tp, d.hkv, d.d, 1.f, true);
     pack<T>(pk.vt.data(), jb.v, d.b, d.t, jb.tp, d.hkv, d.d, 1.f, true);
     pack<T>(pk.kr.data(), jb.k, d.b, d.t, jb.tp, d.hkv, d.d, 1.f, false);
     pack<T>(pk.qf.data(), jb.q, d.b, d.t, jb.tp, d.hq, d.d, d.scale, false);
     pack<T>(pk.dof.data(), jb.dout, d.b, d.t, jb.tp, d.hq, d.d, 1.f, false);
   });
+  if (jb.bf16mm) {
+    for (auto* v : {&pk.ktp, &pk.vtp, &pk.krp}) v->resize(kv);
+    for (auto* v : {&pk.qp, &pk.dop, &pk.qrow, &pk.dorow}) v->resize(qn);
+    pack_bf16(pk.ktp.data(), jb.k, d.b, d.t, jb.tp, d.hkv, d.d, Bf16Layout::PairsD);
+    pack_bf16(pk.vtp.data(), jb.v, d.b, d.t, jb.tp, d.hkv, d.d, Bf16Layout::PairsD);
+    pack_bf16(pk.krp.data(), jb.k, d.b, d.t, jb.tp, d.hkv, d.d, Bf16Layout::PairsT);
+    pack_bf16(pk.qp.data(), jb.q, d.b, d.t, jb.tp, d.hq, d.d, Bf16Layout::PairsT);
+    pack_bf16(pk.dop.data(), jb.dout, d.b, d.t, jb.tp, d.hq, d.d, Bf16Layout::PairsT);
+    pack_bf16(pk.qrow.data(), jb.q, d.b, d.t, jb.tp, d.hq, d.d, Bf16Layout::Rows);
+    pack_bf16(pk.dorow.data(), jb.dout, d.b, d.t, jb.tp, d.hq, d.d, Bf16Layout::Rows);
+    jb.ktp = pk.ktp.data(), jb.vtp = pk.vtp.data(), jb.krp = pk.krp.data(), jb.qp = pk.qp.data();
+    jb.dop = pk.dop.data(), jb.qrow = pk.qrow.data(), jb.dorow = pk.dorow.data();
+  }
   jb.delta = delta.data();
   jb.kt = pk.kt.data(), jb.vt = pk.vt.data(), jb.kr = pk.kr.data(), jb.qf = pk.qf.data(), jb.dof = pk.dof.data();
   const int64_t nt = jb.tp / kB;
@@ -457,7 +579,7 @@ void attention_backward(Context&, const AttentionBackwardArgs& a) {
   // pass that recomputes S, dP and the exps (2 of the 4 tile GEMMs and half the exps). Longer
   // sequences keep the separate dQ pass (the partials grow as T^2).
   const size_t nparts = static_cast<size_t>(nt) * qn;
-  std::vector<float> dqp;
+  RawBuf<float> dqp;  // each part is written (not accumulated) first
   if (nparts * sizeof(float) <= (size_t(32) << 20)) {
     dqp.resize(nparts);
     jb.dqp = dqp.data();
