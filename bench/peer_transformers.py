@@ -4,11 +4,16 @@ and sequence length as bench/model-train.mjs. Prints one JSON line per dtype:
   {"peer": "transformers+peft", "dtype": "float32", "tokens_per_s": ..., "step_s": [...], ...}
 
   python3 bench/peer_transformers.py --model DIR [--batch 1] [--seq 256] [--threads 2]
-      [--steps 3] [--warmup 1] [--r 16] [--dtypes float32,bfloat16]
+      [--steps 3] [--warmup 1] [--r 16] [--dtypes float32,bfloat16] [--rounds R]
 
 What is timed per step: model(input_ids, labels=input_ids).loss.backward() (LoRA on q, k, v, o,
 gate, up, down; base weights frozen; the default eager/sdpa attention of transformers), then
 zero_grad. Tokens per second = batch * seq / median step time.
+
+--rounds R (used by bench/model-train.mjs to interleave with our steps on a shared machine): load
+every dtype's model and warm it up, print {"ready": true}, then R times: wait for a line on stdin,
+run --steps steps per dtype and print one JSON line per dtype with "round"; the summary lines
+(all rounds' steps) follow at the end.
 """
 import argparse
 import json
@@ -27,6 +32,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--r", type=int, default=16)
     ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--rounds", type=int, default=0)
     a = ap.parse_args()
 
     import torch
@@ -37,29 +43,56 @@ def main() -> int:
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    for name in a.dtypes.split(","):
-        dtype = getattr(torch, name)
-        model = AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype)
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+
+    def load(name):
+        model = AutoModelForCausalLM.from_pretrained(a.model, dtype=getattr(torch, name))
         cfg = LoraConfig(r=a.r, lora_alpha=2 * a.r, lora_dropout=0.0,
                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
         model = get_peft_model(model, cfg)
         model.train()
-        ids = torch.randint(0, model.config.vocab_size, (a.batch, a.seq))
+        return model
+
+    def steps(model, ids, n):
         times = []
-        for i in range(a.warmup + a.steps):
+        for _ in range(n):
             t0 = time.perf_counter()
             out = model(input_ids=ids, labels=ids)
             out.loss.backward()
             model.zero_grad(set_to_none=True)
-            dt = time.perf_counter() - t0
-            if i >= a.warmup:
-                times.append(dt)
+            times.append(time.perf_counter() - t0)
+        return times
+
+    def summary(name, times):
         med = statistics.median(times)
         print(json.dumps({
             "peer": "transformers+peft", "dtype": name, "batch": a.batch, "seq": a.seq, "threads": a.threads,
-            "tokens_per_s": a.batch * a.seq / med, "step_s": times,
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+            "tokens_per_s": a.batch * a.seq / med, "step_s": times, "versions": versions,
         }), flush=True)
+
+    names = a.dtypes.split(",")
+    if a.rounds > 0:
+        models = {n: load(n) for n in names}
+        ids = torch.randint(0, models[names[0]].config.vocab_size, (a.batch, a.seq))
+        for n in names:
+            steps(models[n], ids, a.warmup)
+        print(json.dumps({"ready": True}), flush=True)
+        all_times = {n: [] for n in names}
+        for r in range(a.rounds):
+            if not sys.stdin.readline():
+                break
+            for n in names:
+                t = steps(models[n], ids, a.steps)
+                all_times[n] += t
+                print(json.dumps({"round": r, "dtype": n, "step_s": t}), flush=True)
+        for n in names:
+            summary(n, all_times[n])
+        return 0
+    for name in names:
+        model = load(name)
+        ids = torch.randint(0, model.config.vocab_size, (a.batch, a.seq))
+        steps(model, ids, a.warmup)
+        summary(name, steps(model, ids, a.steps))
         del model
     return 0
 
