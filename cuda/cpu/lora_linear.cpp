@@ -218,6 +218,7 @@ void lora_linear_forward(Context&, const LoraLinearForwardArgs& a) {
     pu.m = d.m;
     pu.n = d.r;
     pu.k = d.in;
+    pu.bf16 = use_bf16(L, xdt);
     pu.pack_a = drop.on ? dropout_packer(xs, drop) : gemm_impl::packer(xs);
     pu.pack_b = gemm_impl::packer(MatSrc{L.lora_a.raw(), DType::F32, d.in, true});
     pu.epilogue = gemm_impl::store_epilogue(a.u.raw(), DType::F32, d.r, L.scale, 0.f, nullptr);
