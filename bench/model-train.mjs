@@ -4,7 +4,7 @@
 //
 //   node bench/model-train.mjs [--preset qwen2.5-0.5b] [--dir DIR] [--batch 1] [--seq 256]
 //        [--threads 2] [--steps 3] [--warmup 1] [--rounds 3] [--r 16] [--modes nf4-bf16,nf4-f32]
-//        [--no-peer] [--device cpu] [--ckpt]
+//        [--no-peer] [--gap-ms 1000] [--device cpu] [--ckpt]
 // Needs the addon (QN_ADDON_PATH or the package build) and dist/ (npm run build:ts).
 // The model folder (random bf16 weights, ~1 GB for 0.5B) is written once under the OS temp dir.
 //
@@ -43,6 +43,7 @@ const r = Number(arg("r", 16));
 const modes = arg("modes", "nf4-bf16,nf4-f32").split(",");
 const device = arg("device", "cpu");
 const usePeer = !flag("no-peer");
+const gapMs = Number(arg("gap-ms", 1000));
 const here = path.dirname(fileURLToPath(import.meta.url));
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -117,6 +118,9 @@ if (peer) {
 // ---- rounds ----
 const peerRounds = { float32: [], bfloat16: [] };
 for (let k = 0; k < rounds; k++) {
+  // a pause after the peer's turn: its OpenMP threads spin for a while after their last parallel
+  // region, and would take cores from our first steps
+  if (peerReady) await new Promise((res) => setTimeout(res, gapMs));
   for (const o of ours) {
     const times = [];
     for (let i = 0; i < steps; i++) {
@@ -127,6 +131,7 @@ for (let k = 0; k < rounds; k++) {
     o.rounds.push(times);
   }
   if (peerReady) {
+    await new Promise((res) => setTimeout(res, gapMs));  // the same pause before the peer's turn
     peer.child.stdin.write("go\n");
     for (const dtype of ["float32", "bfloat16"]) {
       const j = await peer.next((x) => x.round === k && x.dtype === dtype);
