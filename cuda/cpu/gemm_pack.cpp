@@ -136,9 +136,17 @@ void pack_part(const MatSrc& s, int64_t r0, int rows, const Panel& P, int64_t k_
     const int64_t kbase = P.k0 - k_shift;
     const int full = rows / 32 * 32;
     int kk = ka;
+    // The rows are far apart (the row stride of W): fetch the pair kPrefetchRows ahead, whose
+    // lines the hardware prefetcher does not anticipate.
+    constexpr int kPrefetchRows = 16;
     for (; kk + 2 <= kb; kk += 2) {
       const uint16_t* ra = p + (kbase + kk) * s.ld + r0;
       const uint16_t* rb = ra + s.ld;
+      if (kk + kPrefetchRows + 2 <= kb)
+        for (int i = 0; i < rows; i += 32) {
+          _mm_prefetch(reinterpret_cast<const char*>(ra + kPrefetchRows * s.ld + i), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(rb + kPrefetchRows * s.ld + i), _MM_HINT_T0);
+        }
       uint16_t* dd = d + (kk >> 1) * 2 * P.R;
       for (int i = 0; i < full; i += 32) interleave32_u16_avx512(ra + i, rb + i, dd + 2 * i);
       for (int i = full; i < rows; ++i) {
