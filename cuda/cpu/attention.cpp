@@ -98,52 +98,52 @@ QN_XF_INLINE void load_rows(float* dst, const T* src, int64_t stride, int64_t n,
     for (int64_t c = 0; c < d; ++c) dst[r * d + c] = r < n ? mul * xf::to_f32(src[r * stride + c]) : 0.f;
 }
 
-// Packs head hd of [B, T, H, D] into f32 [B, H, Tp, D] (rows) or [B, H, D, Tp] (transposed), times
-// mul, zero past T. One task per (b, head, tile).
-template <typename T>
-void pack(float* dst, const void* src_v, int64_t b, int64_t t, int64_t tp, int64_t heads, int64_t d, float mul,
-          bool transposed) {
+// Calls row_fn(head_base, r, row) for every row r < Tp of every (b, head) of a [B, T, H, D] tensor,
+// head_base = the head's offset in a [B, H, Tp * D]-sized packed copy, row = the source row (only
+// read when r < T). One parallel task per (b, head, tile).
+template <typename T, typename F>
+void for_each_packed_row(const void* src_v, int64_t b, int64_t t, int64_t tp, int64_t heads, int64_t d, const F& row_fn) {
   const T* src = static_cast<const T*>(src_v);
   const int64_t tiles = tp / kB;
   parallel_for(b * heads * tiles, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t tile = task % tiles, hd = (task / tiles) % heads, bi = task / (tiles * heads);
-      float* base = dst + (bi * heads + hd) * tp * d;
-      for (int64_t r = tile * kB; r < (tile + 1) * kB; ++r) {
-        const T* row = src + ((bi * t + r) * heads + hd) * d;
-        for (int64_t e = 0; e < d; ++e) {
-          const float v = r < t ? mul * xf::to_f32(row[e]) : 0.f;
-          if (transposed) base[e * tp + r] = v;
-          else base[r * d + e] = v;
-        }
-      }
+      for (int64_t r = tile * kB; r < (tile + 1) * kB; ++r)
+        row_fn((bi * heads + hd) * tp * d, r, src + ((bi * t + r) * heads + hd) * d);
     }
   });
 }
 
-// bf16 copies of head hd of a bf16 [B, T, H, D] tensor, zero past T, one task per (b, head, tile):
-// rows [B, H, Tp, D]; pairs along D [B, H, D/2, Tp, 2]; pairs along T [B, H, Tp/2, D, 2].
+// Packs head hd of [B, T, H, D] into f32 [B, H, Tp, D] (rows) or [B, H, D, Tp] (transposed), times
+// mul, zero past T.
+template <typename T>
+void pack(float* dst, const void* src, int64_t b, int64_t t, int64_t tp, int64_t heads, int64_t d, float mul,
+          bool transposed) {
+  for_each_packed_row<T>(src, b, t, tp, heads, d, [&](int64_t head, int64_t r, const T* row) {
+    float* base = dst + head;
+    for (int64_t e = 0; e < d; ++e) {
+      const float v = r < t ? mul * xf::to_f32(row[e]) : 0.f;
+      if (transposed) base[e * tp + r] = v;
+      else base[r * d + e] = v;
+    }
+  });
+}
+
+// bf16 copies of a bf16 [B, T, H, D] tensor, zero past T: rows [B, H, Tp, D]; pairs along D
+// [B, H, D/2, Tp, 2]; pairs along T [B, H, Tp/2, D, 2].
 enum class Bf16Layout { Rows, PairsD, PairsT };
-void pack_bf16(uint16_t* dst, const void* src_v, int64_t b, int64_t t, int64_t tp, int64_t heads, int64_t d,
+void pack_bf16(uint16_t* dst, const void* src, int64_t b, int64_t t, int64_t tp, int64_t heads, int64_t d,
                Bf16Layout layout) {
-  const uint16_t* src = static_cast<const uint16_t*>(src_v);
-  const int64_t tiles = tp / kB;
-  parallel_for(b * heads * tiles, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t task = t0; task < t1; ++task) {
-      const int64_t tile = task % tiles, hd = (task / tiles) % heads, bi = task / (tiles * heads);
-      uint16_t* base = dst + (bi * heads + hd) * tp * d;
-      for (int64_t r = tile * kB; r < (tile + 1) * kB; ++r) {
-        const uint16_t* row = src + ((bi * t + r) * heads + hd) * d;
-        if (layout == Bf16Layout::Rows) {
-          if (r < t) std::memcpy(base + r * d, row, d * sizeof(uint16_t));
-          else std::fill(base + r * d, base + (r + 1) * d, uint16_t(0));
-        } else if (layout == Bf16Layout::PairsD) {
-          for (int64_t e = 0; e < d; ++e) base[((e >> 1) * tp + r) * 2 + (e & 1)] = r < t ? row[e] : 0;
-        } else {
-          uint16_t* out = base + (r >> 1) * d * 2 + (r & 1);
-          for (int64_t e = 0; e < d; ++e) out[2 * e] = r < t ? row[e] : 0;
-        }
-      }
+  for_each_packed_row<uint16_t>(src, b, t, tp, heads, d, [&](int64_t head, int64_t r, const uint16_t* row) {
+    uint16_t* base = dst + head;
+    if (layout == Bf16Layout::Rows) {
+      if (r < t) std::memcpy(base + r * d, row, d * sizeof(uint16_t));
+      else std::fill(base + r * d, base + (r + 1) * d, uint16_t(0));
+    } else if (layout == Bf16Layout::PairsD) {
+      for (int64_t e = 0; e < d; ++e) base[((e >> 1) * tp + r) * 2 + (e & 1)] = r < t ? row[e] : 0;
+    } else {
+      uint16_t* out = base + (r >> 1) * d * 2 + (r & 1);
+      for (int64_t e = 0; e < d; ++e) out[2 * e] = r < t ? row[e] : 0;
     }
   });
 }
