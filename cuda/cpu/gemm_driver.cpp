@@ -65,7 +65,7 @@ int env_int(const char* name) {
 Kernel pick(bool bf16) {
   Kernel k = pick_base(bf16);
   static const int kc = env_int("QN_GEMM_KC"), mc = env_int("QN_GEMM_MC"), nc = env_int("QN_GEMM_NC");
-  if (kc > 0) k.kc_max = (kc + 1) / 2 * 2;
+  if (kc > 0) k.kc_max = (kc + 31) / 32 * 32;  // block boundaries are multiples of 32 k's
   if (mc > 0) k.mc = std::max(1, mc / k.mr) * k.mr;
   if (nc > 0) k.nc = std::max(1, nc / k.nr) * k.nr;
   return k;
@@ -105,7 +105,10 @@ void run_blocked(const Problem& p, const Kernel& K) {
   const int esize = K.fmt == Format::BF16Pair ? 2 : 4;
   int64_t nkb = (p.k + K.kc_max - 1) / K.kc_max;
   int kc_blk = static_cast<int>((p.k + nkb - 1) / nkb);
-  kc_blk = (kc_blk + kstep - 1) / kstep * kstep;
+  // Block boundaries on multiples of 32 k's (kc_max is one, so this never exceeds it): the packers
+  // and the NF4 tile decoder run their vector loops on 32-k (16-unit) steps, and a K of in + r
+  // (the LoRA concatenations) would otherwise leave a scalar edge in every block.
+  kc_blk = (kc_blk + 31) / 32 * 32;
   nkb = (p.k + kc_blk - 1) / kc_blk;
   auto panel = [&](int R, int64_t b) {
     Panel P;
@@ -284,13 +287,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void finish_row_bf16_avx512
       v = _mm512_fmadd_ps(vb, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)), v);
     }
     if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + j));
-    // Round to nearest even, NaN kept quiet (same as qn::f32_to_bf16).
-    const __m512i u = _mm512_castps_si512(v);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
-    _mm256_mask_storeu_epi16(out + j, m, _mm512_cvtepi32_epi16(r));
+    _mm256_mask_storeu_epi16(out + j, m, f32_to_bf16_avx512(v));
   }
 }
 

@@ -68,7 +68,8 @@ inline PackFn packer(const MatSrc& src) {
   return [src](int64_t r0, int rows, const Panel& panel, void* dst) { pack(src, r0, rows, panel, dst); };
 }
 // Like pack(), but only k in [k_begin, k_end) of the panel (absolute k), reading src at k - k_shift.
-// Used to build K-concatenated operands ([x | u]); k's outside are left untouched.
+// Used to build K-concatenated operands ([x | u]); k's outside are left untouched (rows past `rows`
+// inside the range may be written as zeros, which they are in a packed panel anyway).
 void pack_part(const MatSrc& src, int64_t r0, int rows, const Panel& panel, int64_t k_begin, int64_t k_end,
                int64_t k_shift, void* dst);
 // Zeroes a panel.

@@ -4,6 +4,7 @@
 // storing (accumulate == false) or adding to c (accumulate == true). c needs no alignment.
 #pragma once
 #include <cstdint>
+#include <immintrin.h>
 #include "gemm_driver.h"
 
 namespace qn {
@@ -35,6 +36,17 @@ extern const Kernel kKernelScalarF32;   // 4 x 16, plain C++, F32 panels
 void transpose16x16_u32_avx512(const void* src, int64_t lds, void* dst, int64_t ldd);
 // Interleaves two bf16 rows: dst[2j] = r0[j], dst[2j + 1] = r1[j], j < 32.
 void interleave32_u16_avx512(const uint16_t* r0, const uint16_t* r1, uint16_t* dst);
+// dst[j] = f32_to_bf16(src[j]), j < n (any n): round to nearest even, NaN kept quiet.
+void narrow_bf16_avx512(const float* src, int n, uint16_t* dst);
+// qn::f32_to_bf16 on 16 lanes: round to nearest even, NaN kept quiet.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m256i f32_to_bf16_avx512(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+  return _mm512_cvtepi32_epi16(r);
+}
 
 }  // namespace gemm_impl
 }  // namespace cpu

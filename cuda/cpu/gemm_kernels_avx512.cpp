@@ -140,6 +140,14 @@ __attribute__((target("avx512f,avx512bw"))) void interleave32_u16_avx512(const u
   _mm512_storeu_si512(dst + 32, _mm512_permutex2var_epi16(a, hi, b));
 }
 
+// dst[j] = f32_to_bf16(src[j]), j < n: round to nearest even, NaN kept quiet.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void narrow_bf16_avx512(const float* src, int n, uint16_t* dst) {
+  for (int j = 0; j < n; j += 16) {
+    const __mmask16 m = n - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - j)) - 1);
+    _mm256_mask_storeu_epi16(dst + j, m, f32_to_bf16_avx512(_mm512_maskz_loadu_ps(m, src + j)));
+  }
+}
+
 const Kernel kKernelAvx512Bf16 = {"avx512bf16 6x64", 6, 64, Format::BF16Pair, ukr_bf16_6x64, 768, 96, 256};
 const Kernel kKernelAvx512F32 = {"avx512 6x64", 6, 64, Format::F32, ukr_f32_6x64, 384, 96, 256};
 

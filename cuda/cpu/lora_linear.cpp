@@ -1,11 +1,13 @@
 // CPU LoRA linear (see qn/ops/lora_linear.h), built on the blocked GEMM driver (gemm_driver.h)
 // with custom packers and epilogues, so neither a dequantized W nor a separate pass over y exists:
 //
-// forward   u = s * xd A^T                  small GEMM, fp32, x packed through the dropout mask
+// forward   u = s * xd A^T                  small product, fp32 out (lora_rank_kernels.h on bf16
+//                                            activations; otherwise a GEMM with x packed through
+//                                            the dropout mask)
 //           y = [x | u] [W | B]^T + b        ONE GEMM over K = in + r (DESIGN.md section 5): the A
 //                                            panels hold x then u, the B panels hold W (NF4 tiles
 //                                            dequantized straight into them) then B
-// backward  dB += dy^T u                    small GEMMs, fp32
+// backward  dB += dy^T u                    small products, fp32 (as u)
 //           g = s * dy B
 //           dA += g^T xd                    x packed through the mask
 //           dx (+)= [dy | g] [W ; A]        ONE GEMM over K = out + r when p == 0; with dropout the
@@ -27,7 +29,9 @@
 #include <immintrin.h>
 #endif
 #include "gemm_driver.h"
+#include "lora_rank_kernels.h"
 #include "qn/cpu_features.h"
+#include "qn/parallel.h"
 #include "qn/half.h"
 #include "qn/ops/lora_linear.h"
 #include "qn/ops/nf4.h"
@@ -203,6 +207,30 @@ bool use_bf16(const LoraLinear& L, DType xdt) {
   return xdt == DType::BF16 && (L.nf4 != nullptr || L.weight.dtype() == DType::BF16);
 }
 
+// Whether the rank-r products run as lora_rank kernels (bf16 activations and AVX512_BF16).
+bool use_rank_kernels(const LoraLinear& L, DType xdt, int64_t r) {
+  return use_bf16(L, xdt) && lora_rank::available(r);
+}
+
+thread_local std::vector<uint16_t> t_xd;  // x through the dropout mask, bf16
+
+// x (bf16 [m, in]) itself, or x through the dropout mask as bf16 (each value rounded once, as the
+// dropout packer does).
+const uint16_t* dropped_x(const Tensor& x, int64_t m, int64_t in, const LoraDropout& drop) {
+  const uint16_t* xs = x.data<uint16_t>();
+  if (!drop.on) return xs;
+  t_xd.resize(static_cast<size_t>(m * in));
+  uint16_t* xd = t_xd.data();
+  parallel_for(m, 4, [&](int64_t t0, int64_t t1) {
+    std::vector<float> mult(static_cast<size_t>(in));
+    for (int64_t t = t0; t < t1; ++t) {
+      dropout_mults(drop, static_cast<uint64_t>(t * in), static_cast<int>(in), mult.data());
+      for (int64_t c = 0; c < in; ++c) xd[t * in + c] = f32_to_bf16(bf16_to_f32(xs[t * in + c]) * mult[c]);
+    }
+  });
+  return xd;
+}
+
 }  // namespace
 
 void lora_linear_forward(Context&, const LoraLinearForwardArgs& a) {
@@ -213,7 +241,11 @@ void lora_linear_forward(Context&, const LoraLinearForwardArgs& a) {
   const LoraDropout drop = lora_dropout_of(L);
   const MatSrc xs{a.x.raw(), xdt, d.in, true};
 
-  if (d.lora()) {  // u = s * xd A^T, fp32
+  if (d.lora() && use_rank_kernels(L, xdt, d.r)) {  // u = s * xd A^T, fp32
+    lora_rank::PairPanel pa;
+    lora_rank::pack_panel_from_rows(L.lora_a.data<float>(), d.in, d.r, d.in, pa);
+    lora_rank::rows_times_panel(dropped_x(a.x, d.m, d.in, drop), d.in, d.m, pa, L.scale, a.u.data<float>(), d.r);
+  } else if (d.lora()) {
     Problem pu;
     pu.m = d.m;
     pu.n = d.r;
@@ -258,7 +290,19 @@ void lora_linear_backward(Context&, const LoraLinearBackwardArgs& a) {
   std::vector<float> g;  // s * dy B, [M, r]
   const bool bf16 = use_bf16(L, xdt);
 
-  if (d.lora()) {
+  if (d.lora() && use_rank_kernels(L, xdt, r)) {
+    const uint16_t* dy = a.dy.data<uint16_t>();
+    // dB += dy^T u
+    lora_rank::reduce_over_rows(a.u.data<float>(), r, r, dy, out, m, out, 1.f, a.grad_b.data<float>(), r, true);
+    // g = s * dy B
+    g.resize(static_cast<size_t>(m * r));
+    lora_rank::PairPanel pb;
+    lora_rank::pack_panel_from_cols(L.lora_b.data<float>(), r, out, r, pb);
+    lora_rank::rows_times_panel(dy, out, m, pb, L.scale, g.data(), r);
+    // dA += g^T xd
+    lora_rank::reduce_over_rows(g.data(), r, r, dropped_x(a.x, m, in, drop), in, m, in, 1.f, a.grad_a.data<float>(),
+                                in, false);
+  } else if (d.lora()) {
     // dB += dy^T u:  (i = o, k = t) of dy^T is dy[t, o]; (j, k = t) of u is u[t, j].
     Problem pb;
     pb.m = out;

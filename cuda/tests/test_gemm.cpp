@@ -9,8 +9,10 @@
 // + 2^-8 |ref| (RNE is within 2^-9).
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include "cpu/gemm_driver.h"
 #include "harness.h"
+#include "qn/half.h"
 #include "qn/ops/gemm.h"
 
 using namespace qn;
@@ -173,6 +175,101 @@ QN_TEST(gemm_cuda_matches_cpu) {
     const float rt = cases[i].out == DType::BF16 ? 1.f / 64 : 1e-4f;
     all_close(on_gpu, on_cpu, rt, 1e-4f, "cuda vs cpu: " + case_str(cases[i]));
   }
+}
+
+// The packers against the panel formats of gemm_driver.h, element by element: f32 and bf16
+// sources (k-contiguous or not, ld wider than the rows), 6- and 64-row panels (the A and B panels
+// of the 6 x 64 kernels), F32 and BF16Pair formats (f32 -> bf16 rounded as f32_to_bf16, bf16 ->
+// f32 exact), partial panels, odd k counts and offsets, and pack_part's [k_begin, k_end) with a
+// k shift (the [x | u] concatenations). Exact: packing only moves and converts values.
+QN_TEST(gemm_packers_match_panel_format) {
+  if (testing_cuda()) return;  // CPU packing only
+  using namespace cpu::gemm_impl;
+  uint64_t state = 12345;
+  auto next = [&](uint64_t n) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<int64_t>((state >> 33) % n);
+  };
+  std::vector<float> f32src(200 * 300);
+  std::vector<uint16_t> bf16src(f32src.size());
+  for (size_t i = 0; i < f32src.size(); ++i) {
+    f32src[i] = static_cast<float>(next(1u << 20)) / 4096.f - 128.f + static_cast<float>(i % 7) * 1e-3f;
+    bf16src[i] = f32_to_bf16(f32src[i]);
+  }
+  f32src[5] = NAN;  // NaN stays NaN (quiet) through the conversions
+  int checked = 0;
+  for (int trial = 0; trial < 400; ++trial) {
+    const bool src_f32 = next(2) == 0, kcontig = next(2) == 0, bf16_panel = next(2) == 0;
+    const int R = next(2) == 0 ? 6 : 64;
+    const int rows = next(3) == 0 ? 1 + static_cast<int>(next(R)) : R;
+    Panel P;
+    P.R = R;
+    P.fmt = bf16_panel ? Format::BF16Pair : Format::F32;
+    P.k0 = next(40);
+    P.kc = 1 + static_cast<int>(next(120));
+    P.kc_pad = bf16_panel ? (P.kc + 1) / 2 * 2 : P.kc;
+    const int64_t r0 = next(8);
+    // pack_part over [kb, ke) (absolute k), reading the source at k - shift.
+    const bool part = next(2) == 0;
+    int64_t kb = P.k0, ke = P.k0 + P.kc, shift = 0;
+    if (part) {
+      kb = P.k0 + next(P.kc);
+      ke = kb + 1 + next(P.k0 + P.kc - kb);
+      shift = next(P.k0 + 1);
+    }
+    const int64_t kmax = ke - shift, rmax = r0 + rows;  // source extents needed
+    const int64_t ld = (kcontig ? kmax : rmax) + next(5);
+    MatSrc src{src_f32 ? static_cast<const void*>(f32src.data()) : static_cast<const void*>(bf16src.data()),
+               src_f32 ? DType::F32 : DType::BF16, ld, kcontig};
+    if ((kcontig ? rmax * ld : kmax * ld) > static_cast<int64_t>(f32src.size())) continue;
+    std::vector<uint8_t> got(P.bytes() + 64, 0xAB), want(P.bytes() + 64, 0xAB);
+    if (part) {
+      pack_part(src, r0, rows, P, kb, ke, shift, got.data());
+    } else {
+      pack(src, r0, rows, P, got.data());
+    }
+    // The reference: every element of the panel by the format's definition.
+    for (int kk = 0; kk < P.kc_pad; ++kk)
+      for (int i = 0; i < R; ++i) {
+        const int64_t k = P.k0 + kk;
+        const bool inside = i < rows && kk < P.kc && k >= kb && k < ke;
+        const bool written = part ? inside : true;  // pack() also zeroes what is outside
+        if (part && i >= rows && kk < P.kc && k >= kb && k < ke) {
+          // pack_part may write zeros to rows past `rows` in its k range (the panel's zero rows).
+          const size_t at = bf16_panel ? 2 * ((kk / 2) * 2 * R + 2 * i + (kk & 1)) : 4 * (kk * R + i);
+          const size_t n = bf16_panel ? 2 : 4;
+          bool zero = true;
+          for (size_t q = 0; q < n; ++q) zero = zero && got[at + q] == 0;
+          if (zero) std::memset(want.data() + at, 0, n);
+        }
+        if (!written) continue;
+        float v = 0.f;
+        if (inside) {
+          const int64_t idx = kcontig ? (r0 + i) * ld + (k - shift) : (k - shift) * ld + (r0 + i);
+          v = src_f32 ? f32src[static_cast<size_t>(idx)] : bf16_to_f32(bf16src[static_cast<size_t>(idx)]);
+        }
+        if (bf16_panel) {
+          const uint16_t h = f32_to_bf16(v);
+          std::memcpy(want.data() + 2 * ((kk / 2) * 2 * R + 2 * i + (kk & 1)), &h, 2);
+        } else {
+          std::memcpy(want.data() + 4 * (kk * R + i), &v, 4);
+        }
+      }
+    if (got != want) {
+      size_t at = 0;
+      while (got[at] == want[at]) ++at;
+      char b[300];
+      std::snprintf(b, sizeof b,
+                    "trial %d: src %s kcontig %d ld %lld, panel R %d %s k0 %lld kc %d, rows %d r0 %lld, part %d "
+                    "[%lld, %lld) shift %lld: first differing byte %zu",
+                    trial, src_f32 ? "f32" : "bf16", kcontig, (long long)ld, R, bf16_panel ? "bf16pair" : "f32",
+                    (long long)P.k0, P.kc, rows, (long long)r0, part, (long long)kb, (long long)ke, (long long)shift, at);
+      record_failure("gemm packers", b);
+      return;
+    }
+    ++checked;
+  }
+  EXPECT_TRUE(checked > 250);
 }
 
 QN_TEST(gemm_leading_dims_and_k_zero) {

@@ -240,7 +240,11 @@ void check_case(const Spec& s, uint64_t salt, bool accumulate) {
 
 std::vector<Spec> specs() {
   std::vector<Spec> v;
-  const int64_t shapes[][4] = {{7, 64, 96, 4}, {33, 100, 70, 8}, {130, 256, 200, 16}, {1, 128, 64, 16}, {20, 96, 5, 3}};
+  // r up to 72 covers every register layout of the bf16 rank kernels (r / 16 rounded up = 1..4) and
+  // the GEMM fallback above their limit (64); odd in / out / m reach their odd-k and odd-row edges.
+  const int64_t shapes[][4] = {{7, 64, 96, 4},  {33, 100, 70, 8}, {130, 256, 200, 16}, {1, 128, 64, 16},
+                               {20, 96, 5, 3},  {9, 37, 50, 24},  {17, 66, 41, 40},    {6, 48, 130, 64},
+                               {5, 40, 24, 72}};
   int i = 0;
   for (DType xdt : {DType::F32, DType::BF16})
     for (Base b : {Base::Nf4, Base::Dense32, Base::Dense16})
