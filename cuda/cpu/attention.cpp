@@ -16,6 +16,9 @@
 // the scale applied to S and dK in f32), P and dS rounded to bf16 before the products that use
 // them, as FlashAttention-2 does on the GPU; softmax, lse and all accumulators stay f32.
 // QN_ATTENTION_CPU_F32=1 forces the f32 tiles (for comparisons).
+// GCC 12 flags its own _mm512_undefined_* helpers inside the intrinsics (GCC bug 105593).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -58,6 +61,8 @@ struct Job {
   // Micro-GEMMs for the CPU's SIMD level (see gemm_abt / gemm_acc).
   void (*abt)(float* s, const float* a, const float* bt, int64_t ldb, int64_t d);
   void (*acc)(float* c, const float* a, int64_t sr, int64_t sx, const float* b, int64_t d);
+  // The forward's online-softmax update of a score tile (see online_softmax).
+  void (*softmax)(float* s, float* m, float* l, float* o, int64_t d);
   bool keep(int64_t bi, int64_t j) const {
     if (!mask) return true;
     return mask_dt == DType::I32 ? static_cast<const int32_t*>(mask)[bi * t + j] != 0
@@ -256,6 +261,68 @@ QN_XF_INLINE void mask_scores(const Job& jb, float* s, const float* bias, int64_
   }
 }
 
+// One key tile of the forward's online softmax, row by row: m (running max) and l (running sum)
+// updated, the tile's scores replaced by P = exp(s - m_new) (rows with nothing allowed yet: 0), and
+// the output rows rescaled by exp(m_old - m_new).
+QN_XF_INLINE void online_softmax(float* s, float* m, float* l, float* o, int64_t d) {
+  for (int64_t i = 0; i < kB; ++i) {
+    float* sr = s + i * kB;
+    float mx = -INFINITY;
+    for (int c = 0; c < kB; ++c) mx = std::max(mx, sr[c]);
+    const float mnew = std::max(m[i], mx);
+    if (mnew == -INFINITY) {  // nothing allowed yet in this row: P row = 0
+      for (int c = 0; c < kB; ++c) sr[c] = 0.f;
+      continue;
+    }
+    const float alpha = xf::exp_approx(m[i] - mnew);
+    float sum = 0.f;
+    for (int c = 0; c < kB; ++c) {
+      sr[c] = xf::exp_approx(sr[c] - mnew);
+      sum += sr[c];
+    }
+    l[i] = l[i] * alpha + sum;
+    m[i] = mnew;
+    if (alpha != 1.f)
+      for (int64_t e = 0; e < d; ++e) o[i * d + e] *= alpha;
+  }
+}
+
+// The same with explicit AVX-512 (the compiler leaves the max and sum reductions scalar): the same
+// exp polynomial on 16 lanes; the row sum is added in a different order (4 vectors, then a tree).
+QN_XF_AVX512 void online_softmax_avx512(float* s, float* m, float* l, float* o, int64_t d) {
+  for (int64_t i = 0; i < kB; ++i) {
+    float* sr = s + i * kB;
+    __m512 v[kB / 16];
+    for (int c = 0; c < kB / 16; ++c) v[c] = _mm512_loadu_ps(sr + 16 * c);
+    const float mx = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(v[0], v[1]), _mm512_max_ps(v[2], v[3])));
+    const float mnew = std::max(m[i], mx);
+    if (mnew == -INFINITY) {
+      for (int c = 0; c < kB / 16; ++c) _mm512_storeu_ps(sr + 16 * c, _mm512_setzero_ps());
+      continue;
+    }
+    const float alpha = xf::exp_approx(m[i] - mnew);
+    const __m512 vm = _mm512_set1_ps(mnew);
+    __m512 sum = _mm512_setzero_ps();
+    for (int c = 0; c < kB / 16; ++c) {
+      const __m512 p = xf::exp_approx_avx512(_mm512_sub_ps(v[c], vm));
+      _mm512_storeu_ps(sr + 16 * c, p);
+      sum = _mm512_add_ps(sum, p);
+    }
+    l[i] = l[i] * alpha + _mm512_reduce_add_ps(sum);
+    m[i] = mnew;
+    if (alpha != 1.f) {
+      const __m512 va = _mm512_set1_ps(alpha);
+      float* orow = o + i * d;
+      for (int64_t e = 0; e < d; e += 16) {
+        const __mmask16 k = d - e >= 16 ? __mmask16(0xffff) : __mmask16((1u << (d - e)) - 1);
+        _mm512_mask_storeu_ps(orow + e, k, _mm512_mul_ps(va, _mm512_maskz_loadu_ps(k, orow + e)));
+      }
+    }
+  }
+}
+QN_XF_AVX2 void online_softmax_avx2(float* s, float* m, float* l, float* o, int64_t d) { online_softmax(s, m, l, o, d); }
+void online_softmax_scalar(float* s, float* m, float* l, float* o, int64_t d) { online_softmax(s, m, l, o, d); }
+
 template <typename T>
 QN_XF_INLINE void forward_task(const Job& jb, Bufs& w, int64_t task) {
   const int64_t nqt = jb.tp / kB;
@@ -280,26 +347,7 @@ QN_XF_INLINE void forward_task(const Job& jb, Bufs& w, int64_t task) {
     if (jb.bf16mm) attention_bf16::abt(w.s.data(), w.qb.data(), d, jb.ktp_at(bi, g, j0), jb.tp, d, jb.scale);
     else jb.abt(w.s.data(), w.qs.data(), jb.kt_at(bi, g, j0), jb.tp, d);
     mask_scores(jb, w.s.data(), w.bias.data(), i0, j0);
-    for (int64_t i = 0; i < kB; ++i) {
-      float* sr = w.s.data() + i * kB;
-      float mx = -INFINITY;
-      for (int c = 0; c < kB; ++c) mx = std::max(mx, sr[c]);
-      const float mnew = std::max(w.m[i], mx);
-      if (mnew == -INFINITY) {  // nothing allowed yet in this row: P row = 0
-        for (int c = 0; c < kB; ++c) sr[c] = 0.f;
-        continue;
-      }
-      const float alpha = xf::exp_approx(w.m[i] - mnew);
-      float sum = 0.f;
-      for (int c = 0; c < kB; ++c) {
-        sr[c] = xf::exp_approx(sr[c] - mnew);
-        sum += sr[c];
-      }
-      w.l[i] = w.l[i] * alpha + sum;
-      w.m[i] = mnew;
-      if (alpha != 1.f)
-        for (int64_t e = 0; e < d; ++e) w.o[i * d + e] *= alpha;
-    }
+    jb.softmax(w.s.data(), w.m.data(), w.l.data(), w.o.data(), d);
     if (jb.bf16mm) {
       attention_bf16::to_bf16(w.s.data(), w.pb.data());
       attention_bf16::acc(w.o.data(), w.pb.data(), jb.vrp_at(bi, g, j0), d);
@@ -473,6 +521,9 @@ Job make_job(const AttentionDims& d, const Tensor& q, const Tensor& k, const Ten
   const xf::Isa isa = xf::isa();
   jb.abt = isa == xf::Isa::Avx512 ? gemm_abt_avx512 : isa == xf::Isa::Avx2 ? gemm_abt_avx2 : gemm_abt_scalar;
   jb.acc = isa == xf::Isa::Avx512 ? gemm_acc_avx512 : isa == xf::Isa::Avx2 ? gemm_acc_avx2 : gemm_acc_scalar;
+  jb.softmax = isa == xf::Isa::Avx512 ? online_softmax_avx512
+               : isa == xf::Isa::Avx2 ? online_softmax_avx2
+                                      : online_softmax_scalar;
   static const bool force_f32 = std::getenv("QN_ATTENTION_CPU_F32") != nullptr;
   const CpuFeatures& f = cpu_features();
   jb.bf16mm = q.dtype() == DType::BF16 && isa == xf::Isa::Avx512 && f.avx512_bf16 && f.avx512bw && f.avx512vl &&

@@ -57,6 +57,34 @@ inline float exp_approx(float x) {
   return y * scale * keep;
 }
 
+}  // namespace xf
+}  // namespace cpu
+}  // namespace qn
+
+#include <immintrin.h>
+
+namespace qn {
+namespace cpu {
+namespace xf {
+
+// exp_approx on 16 lanes (the same polynomial and steps; NaN stays NaN).
+__attribute__((target("avx512f,avx512dq,fma"))) inline __m512 exp_approx_avx512(__m512 x) {
+  const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_NLT_UQ);
+  x = _mm512_max_ps(_mm512_set1_ps(-87.3f), x);  // a NaN x is returned as is
+  const __m512 big = _mm512_set1_ps(12582912.f);
+  const __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), big), big);
+  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x));
+  __m512 p = _mm512_set1_ps(1.9875691500E-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
+  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.f));
+  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_maskz_mul_ps(keep, y, _mm512_castsi512_ps(bits));
+}
+
 enum class Isa { Scalar = 0, Avx2 = 1, Avx512 = 2 };
 // Testing hook: the highest level isa() may report (so the tests run every clone on one machine).
 inline std::atomic<int>& isa_cap() {
