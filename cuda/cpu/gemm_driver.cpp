@@ -291,6 +291,48 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void finish_row_bf16_avx512
   }
 }
 
+// A whole tile into bf16 C (rows i < mr of ld-strided acc), with vcvtne2ps2bf16 (32 values per
+// instruction; rounds to nearest even like f32_to_bf16, and treats f32 denormals as zero, which
+// the bf16 GEMMs downstream flush anyway).
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void finish_tile_bf16_avx512bf16(
+    uint16_t* out, int64_t ldc, const float* acc, int64_t ld, int mr, int nr, float alpha, float beta, const float* bias) {
+  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+  const bool scaled = alpha != 1.f;
+  for (int i = 0; i < mr; ++i) {
+    const float* a = acc + i * ld;
+    uint16_t* o = out + i * ldc;
+    for (int j = 0; j < nr; j += 32) {
+      const int left = nr - j;
+      const __mmask16 m0 = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
+      const __mmask16 m1 = left >= 32 ? __mmask16(0xffff) : left > 16 ? __mmask16((1u << (left - 16)) - 1) : __mmask16(0);
+      const __mmask32 m = left >= 32 ? __mmask32(0xffffffffu) : __mmask32((1ull << left) - 1);
+      __m512 v0 = _mm512_maskz_loadu_ps(m0, a + j), v1 = _mm512_maskz_loadu_ps(m1, a + j + 16);
+      if (scaled) {
+        v0 = _mm512_mul_ps(va, v0);
+        v1 = _mm512_mul_ps(va, v1);
+      }
+      if (beta != 0.f) {
+        const __m512i h = _mm512_maskz_loadu_epi16(m, o + j);
+        const __m512 c0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(h)), 16));
+        const __m512 c1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h, 1)), 16));
+        v0 = _mm512_fmadd_ps(vb, c0, v0);
+        v1 = _mm512_fmadd_ps(vb, c1, v1);
+      }
+      if (bias) {
+        v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, bias + j));
+        v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, bias + j + 16));
+      }
+      _mm512_mask_storeu_epi16(o + j, m, (__m512i)_mm512_cvtne2ps_pbh(v1, v0));
+    }
+  }
+}
+
+bool epilogue_avx512bf16() {
+  static const bool v = cpu_features().avx512f && cpu_features().avx512bw && cpu_features().avx512vl &&
+                        cpu_features().avx512_bf16;
+  return v;
+}
+
 bool epilogue_avx512() {
   static const bool v = cpu_features().avx512f && cpu_features().avx512bw && cpu_features().avx512vl;
   return v;
@@ -332,6 +374,10 @@ EpilogueFn store_epilogue(void* c, DType dt, int64_t ldc, float alpha, float bet
     };
   }
   uint16_t* ch = static_cast<uint16_t*>(c);
+  if (epilogue_avx512bf16())
+    return [=](int64_t i0, int64_t j0, int mr, int nr, const float* tile, int64_t ld) {
+      finish_tile_bf16_avx512bf16(ch + i0 * ldc + j0, ldc, tile, ld, mr, nr, alpha, beta, bias ? bias + j0 : nullptr);
+    };
   return [=](int64_t i0, int64_t j0, int mr, int nr, const float* tile, int64_t ld) {
     for (int ii = 0; ii < mr; ++ii)
       finish_row_bf16(ch + (i0 + ii) * ldc + j0, tile + ii * ld, nr, alpha, beta, bias ? bias + j0 : nullptr);

@@ -30,6 +30,7 @@
 #endif
 #include "gemm_driver.h"
 #include "lora_rank_kernels.h"
+#include "nf4_panels.h"
 #include "qn/cpu_features.h"
 #include "qn/parallel.h"
 #include "qn/half.h"
@@ -185,6 +186,11 @@ void pack_weight(const LoraLinear& L, bool w_transposed, DType tile_dt, int64_t 
   if (!w_transposed) {  // W rows [r0, r0 + rows), cols [ka, kb): a k-contiguous tile
     nf4_dequantize_tile(*L.nf4, r0, r0 + rows, ka, kb, tile_dt, t_tile.data(), kb - ka);
     gemm_impl::pack_part(MatSrc{t_tile.data(), tile_dt, kb - ka, true}, 0, rows, P, ka, kb, ka, dst);
+  } else if (tile_dt == DType::BF16 && P.fmt == gemm_impl::Format::BF16Pair && (ka - P.k0) % 2 == 0 &&
+             P.R >= nf4_panels::kPanelCols && nf4_panels::can_decode_transposed(*L.nf4, r0, rows)) {
+    // W rows [ka, kb) decoded in pairs straight into the panel
+    nf4_panels::decode_pairs_transposed(*L.nf4, ka, kb, r0, P.R,
+                                        static_cast<uint16_t*>(dst) + ((ka - P.k0) / 2) * 2 * P.R);
   } else {  // W rows [ka, kb), cols [r0, r0 + rows): an r-contiguous tile
     nf4_dequantize_tile(*L.nf4, ka, kb, r0, r0 + rows, tile_dt, t_tile.data(), rows);
     gemm_impl::pack_part(MatSrc{t_tile.data(), tile_dt, rows, false}, 0, rows, P, ka, kb, ka, dst);

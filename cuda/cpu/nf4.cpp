@@ -21,10 +21,16 @@
 #include "qn/half.h"
 #include "qn/ops/nf4.h"
 #include "qn/parallel.h"
+#include "nf4_host.h"
 
 namespace qn {
 namespace cpu {
 namespace {
+
+using nf4_host::fp_barrier;
+using nf4_host::host_view;
+using nf4_host::HostView;
+using nf4_host::restore_scale;
 
 std::atomic<int> g_isa_cap{-1};
 
@@ -50,18 +56,6 @@ inline float float_of(uint32_t u) {
   return f;
 }
 inline bool nonfinite_bits(uint32_t u) { return (u & 0x7f800000u) == 0x7f800000u; }
-
-// Keeps a product in a register as a rounded float so the compiler cannot fuse it with a later
-// add into an FMA (bitsandbytes and the fixtures round the product first).
-inline float fp_barrier(float x) {
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-  __asm__("" : "+x"(x));
-#else
-  volatile float v = x;
-  x = v;
-#endif
-  return x;
-}
 
 inline float load_elem(const void* p, DType t, int64_t i) {
   switch (t) {
@@ -236,54 +230,9 @@ float absmax_mean(const float* a, int64_t nb) {
   return static_cast<float>(lanes[0] / static_cast<double>(nb));
 }
 
-inline float restore_scale(float m, float nested, float offset) { return fp_barrier(m * nested) + offset; }
 
 // ------------------------------------------------------------------------------------------------
 // dequantize
-
-// Read-only view of an Nf4Weight on the host.
-struct HostView {
-  const uint8_t* codes;
-  const float* absmax;
-  const uint8_t* absmax_q;
-  const float* nested_absmax;
-  const float* nested_map;
-  float offset;
-  bool nested;
-  int log2_bs, log2_nbs;
-  int64_t n;
-
-  float scale(int64_t b) const {
-    if (!nested) return absmax[b];
-    return restore_scale(nested_map[absmax_q[b]], nested_absmax[b >> log2_nbs], offset);
-  }
-};
-
-HostView host_view(const Nf4Weight& w, const char* fn) {
-  QN_CHECK(w.codes.defined(), Arg, std::string(fn) + ": weight codes are missing");
-  QN_CHECK(w.codes.device().type == DeviceType::CPU, Device,
-           std::string(fn) + ": the weight lives on " + w.codes.device().str() + ", not on the CPU");
-  QN_CHECK(nf4_blocksize_ok(w.blocksize), Arg, std::string(fn) + ": bad weight blocksize " + std::to_string(w.blocksize));
-  HostView v{};
-  v.codes = w.codes.data<uint8_t>();
-  v.nested = w.nested;
-  v.n = w.numel();
-  v.log2_bs = nf4_log2(w.blocksize);
-  if (w.nested) {
-    QN_CHECK(w.absmax_q.defined() && w.nested_absmax.defined() && w.nested_map.defined(), Arg,
-             std::string(fn) + ": nested weight without absmax_q / nested_absmax / nested_map");
-    QN_CHECK(nf4_blocksize_ok(w.nested_blocksize), Arg, std::string(fn) + ": bad nested blocksize");
-    v.absmax_q = w.absmax_q.data<uint8_t>();
-    v.nested_absmax = w.nested_absmax.data<float>();
-    v.nested_map = w.nested_map.data<float>();
-    v.offset = w.nested_offset;
-    v.log2_nbs = nf4_log2(w.nested_blocksize);
-  } else {
-    QN_CHECK(w.absmax.defined(), Arg, std::string(fn) + ": weight absmax is missing");
-    v.absmax = w.absmax.data<float>();
-  }
-  return v;
-}
 
 // Every kernel writes elements [e0, e1) of the flat matrix to o[0 .. e1-e0) (o of the output
 // dtype). The vector loops run over aligned chunks (32 or 16 elements), which never straddle a

@@ -75,18 +75,7 @@ struct Nf4DeviceView {
 // Host side: the view of an Nf4Weight whose tensors are on a CUDA device.
 inline Nf4DeviceView nf4_device_view(const Nf4Weight& w) {
   Nf4DeviceView v{};
-  v.codes = w.codes.data<uint8_t>();
-  v.nested = w.nested ? 1 : 0;
-  if (w.nested) {
-    v.absmax_q = w.absmax_q.data<uint8_t>();
-    v.nested_absmax = w.nested_absmax.data<float>();
-    v.nested_map = w.nested_map.data<float>();
-    v.offset = w.nested_offset;
-    v.log2_nbs = nf4_log2(w.nested_blocksize);
-  } else {
-    v.absmax = w.absmax.data<float>();
-  }
-  v.log2_bs = nf4_log2(w.blocksize);
+  fill_nf4_view(w, v);
   v.numel = w.numel();
   v.rows = w.rows;
   v.cols = w.cols;

@@ -9,7 +9,9 @@
 #include <cstring>
 #include "harness.h"
 #include "qn/error.h"
+#include "qn/cpu_features.h"
 #include "qn/ops/nf4.h"
+#include "cpu/nf4_panels.h"
 
 using namespace qn;
 using namespace qnt;
@@ -368,6 +370,42 @@ QN_TEST(nf4_cpu_simd_paths_agree) {
     same_bits(range, std::vector<float>(f32_ref.begin() + 12345, f32_ref.begin() + 12345 + 777),
               "range level " + std::to_string(level));
   }
+}
+
+// The GEMM's fused decoder (cpu/nf4_panels.h) against the definition: the bf16 dequantized tile,
+// interleaved in pairs of W rows. Bit for bit, with plain and double-quantized scales, blocksizes
+// 32..256, odd and even row counts, and nothing written past the pairs.
+QN_TEST(nf4_panel_decoder_matches_dequantize) {
+  if (testing_cuda()) return;  // a CPU GEMM helper
+  auto ctx = cpu_ctx();
+  int checked = 0;
+  for (int bs : {32, 64, 256})
+    for (bool dq : {false, true}) {
+      const int64_t rows = 45, cols = 192;
+      Nf4Weight w = nf4_quantize_weight(from_floats(ctx, DType::F32, {rows, cols}, gaussian(rows * cols, 77 + bs, 0.05f)),
+                                        bs, dq, "w");
+      for (int64_t c0 : {0, 64, 96, 128}) {
+        if (!cpu::nf4_panels::can_decode_transposed(w, c0, 64)) continue;  // (no AVX-512 here)
+        for (auto kr : {std::pair<int64_t, int64_t>{0, 45}, {3, 17}, {10, 11}, {44, 45}, {0, 32}}) {
+          const int64_t k0 = kr.first, k1 = kr.second, pairs = (k1 - k0 + 1) / 2, R = 64;
+          std::vector<uint16_t> got(static_cast<size_t>((pairs + 1) * 2 * R), 0xABCD);
+          cpu::nf4_panels::decode_pairs_transposed(w, k0, k1, c0, static_cast<int>(R), got.data());
+          std::vector<uint16_t> tile(static_cast<size_t>((k1 - k0) * 64));
+          cpu::nf4_dequantize_tile(w, k0, k1, c0, c0 + 64, DType::BF16, tile.data(), 64);
+          std::vector<uint16_t> want(got.size(), 0xABCD);
+          for (int64_t j = 0; j < 2 * pairs; ++j)
+            for (int64_t i = 0; i < 64; ++i)
+              want[static_cast<size_t>((j / 2) * 2 * R + 2 * i + (j & 1))] =
+                  j < k1 - k0 ? tile[static_cast<size_t>(j * 64 + i)] : uint16_t(0);
+          char what[120];
+          std::snprintf(what, sizeof what, "panel decode bs %d dq %d c0 %lld k [%lld, %lld)", bs, dq, (long long)c0,
+                        (long long)k0, (long long)k1);
+          if (got != want) record_failure(what, "panel differs from the dequantized tile");
+          ++checked;
+        }
+      }
+    }
+  if (cpu_features().avx512f && cpu_features().avx512bw && cpu_features().avx512vl) EXPECT_TRUE(checked == 3 * 2 * 4 * 5);
 }
 
 // Round-trip error on N(0,1) weights, blocksize 64 (the figures are printed).

@@ -50,6 +50,25 @@ inline int nf4_log2(int64_t v) {
   return l;
 }
 
+// Fills the raw-pointer view a backend's kernels read (members codes, nested, log2_bs, and
+// absmax, or absmax_q / nested_absmax / nested_map / offset / log2_nbs when nested). The tensors
+// must exist (callers check).
+template <typename View>
+void fill_nf4_view(const Nf4Weight& w, View& v) {
+  v.codes = w.codes.data<uint8_t>();
+  v.nested = w.nested;
+  v.log2_bs = nf4_log2(w.blocksize);
+  if (w.nested) {
+    v.absmax_q = w.absmax_q.data<uint8_t>();
+    v.nested_absmax = w.nested_absmax.data<float>();
+    v.nested_map = w.nested_map.data<float>();
+    v.offset = w.nested_offset;
+    v.log2_nbs = nf4_log2(w.nested_blocksize);
+  } else {
+    v.absmax = w.absmax.data<float>();
+  }
+}
+
 // codes, absmax = quantize(src).
 struct Nf4QuantizeArgs {
   Tensor src;         // f32, bf16 or f16, any shape, n = numel >= 1 (flattened row-major)
