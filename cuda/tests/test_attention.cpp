@@ -244,7 +244,8 @@ QN_TEST(attention_fully_masked_rows) {
 }
 
 QN_TEST(attention_bf16_vs_f32) {
-  for (Shape5 s : {Shape5{2, 77, 8, 2, 64}, Shape5{1, 150, 4, 1, 128}, Shape5{2, 40, 2, 2, 16}}) {
+  for (Shape5 s : {Shape5{2, 77, 8, 2, 64}, Shape5{1, 150, 4, 1, 128}, Shape5{2, 40, 2, 2, 16}, Shape5{1, 70, 4, 2, 48},
+                   Shape5{1, 33, 2, 1, 112}}) {  // d = 48, 112: 3 vectors in the tile kernels' last column block
     Inputs in = make_inputs(s, 9, true, 60 + s.d, true);
     Result f = run(test_ctx(), in, DType::F32, true), b = run(test_ctx(), in, DType::BF16, true);
     // Same (bf16-exact) inputs, f32 math inside: outputs rounded once to bf16 (2^-8 relative to
