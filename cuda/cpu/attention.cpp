@@ -27,6 +27,7 @@
 #include <vector>
 #include <immintrin.h>
 #include "attention_bf16.h"
+#include "gemm_kernels.h"
 #include "float_rows.h"
 #include "qn/cpu_features.h"
 #include "qn/ops/attention.h"
@@ -135,20 +136,66 @@ void pack(float* dst, const void* src, int64_t b, int64_t t, int64_t tp, int64_t
 }
 
 // bf16 copies of a bf16 [B, T, H, D] tensor, zero past T: rows [B, H, Tp, D]; pairs along D
-// [B, H, D/2, Tp, 2]; pairs along T [B, H, Tp/2, D, 2].
+// [B, H, D/2, Tp, 2]; pairs along T [B, H, Tp/2, D, 2]. Used only on CPUs with AVX512_BF16 (the
+// bf16 tiles), so the paired layouts are built with AVX-512: 16 x 16 transposes of the 32-bit pairs
+// (along D) and interleaved row pairs (along T), a tile of 64 rows per task (d % 16 == 0).
 enum class Bf16Layout { Rows, PairsD, PairsT };
+QN_XF_AVX512 void pack_pairs_tile(uint16_t* head_dst, const uint16_t* src, int64_t t, int64_t tp, int64_t heads,
+                                  int64_t d, int64_t bi, int64_t hd, int64_t r0, Bf16Layout layout) {
+  auto row = [&](int64_t r) { return src + ((bi * t + r) * heads + hd) * d; };
+  if (layout == Bf16Layout::PairsD) {  // unit (e/2, r) at 32-bit index (e/2) * tp + r
+    alignas(64) uint32_t tmp[16 * 16];
+    for (int64_t i0 = r0; i0 < r0 + kB; i0 += 16) {
+      const int64_t valid = std::max<int64_t>(0, std::min<int64_t>(16, t - i0));
+      for (int64_t u0 = 0; u0 < d / 2; u0 += 16) {
+        const int64_t units = std::min<int64_t>(16, d / 2 - u0);
+        const __mmask16 um = units >= 16 ? __mmask16(0xffff) : __mmask16((1u << units) - 1);
+        for (int64_t i = 0; i < 16; ++i)
+          _mm512_store_si512(tmp + 16 * i, i < valid ? _mm512_maskz_loadu_epi32(um, row(i0 + i) + 2 * u0)
+                                                     : _mm512_setzero_si512());
+        alignas(64) uint32_t out[16 * 16];
+        gemm_impl::transpose16x16_u32_avx512(tmp, 64, out, 64);
+        uint32_t* dst = reinterpret_cast<uint32_t*>(head_dst);
+        for (int64_t u = 0; u < units; ++u) std::memcpy(dst + (u0 + u) * tp + i0, out + 16 * u, 64);
+      }
+    }
+  } else {  // PairsT: rows r, r + 1 interleaved element by element at (r / 2) * 2d
+    const std::vector<uint16_t> zeros(static_cast<size_t>(d), 0);  // the rows past T
+    alignas(64) uint16_t pad[64];
+    for (int64_t r = r0; r < r0 + kB; r += 2) {
+      const uint16_t* ra = r < t ? row(r) : zeros.data();
+      const uint16_t* rb = r + 1 < t ? row(r + 1) : zeros.data();
+      uint16_t* out = head_dst + (r >> 1) * d * 2;
+      int64_t e = 0;
+      for (; e + 32 <= d; e += 32) gemm_impl::interleave32_u16_avx512(ra + e, rb + e, out + 2 * e);
+      if (e < d) {  // a last 16 (d % 32 == 16): through a zero-padded copy
+        std::memset(pad, 0, sizeof pad);
+        std::memcpy(pad, ra + e, 32);
+        std::memcpy(pad + 32, rb + e, 32);
+        alignas(64) uint16_t both[64];
+        gemm_impl::interleave32_u16_avx512(pad, pad + 32, both);
+        std::memcpy(out + 2 * e, both, 64);
+      }
+    }
+  }
+}
+
 void pack_bf16(uint16_t* dst, const void* src, int64_t b, int64_t t, int64_t tp, int64_t heads, int64_t d,
                Bf16Layout layout) {
-  for_each_packed_row<uint16_t>(src, b, t, tp, heads, d, [&](int64_t head, int64_t r, const uint16_t* row) {
-    uint16_t* base = dst + head;
-    if (layout == Bf16Layout::Rows) {
+  if (layout == Bf16Layout::Rows) {
+    for_each_packed_row<uint16_t>(src, b, t, tp, heads, d, [&](int64_t head, int64_t r, const uint16_t* row) {
+      uint16_t* base = dst + head;
       if (r < t) std::memcpy(base + r * d, row, d * sizeof(uint16_t));
       else std::fill(base + r * d, base + (r + 1) * d, uint16_t(0));
-    } else if (layout == Bf16Layout::PairsD) {
-      for (int64_t e = 0; e < d; ++e) base[((e >> 1) * tp + r) * 2 + (e & 1)] = r < t ? row[e] : 0;
-    } else {
-      uint16_t* out = base + (r >> 1) * d * 2 + (r & 1);
-      for (int64_t e = 0; e < d; ++e) out[2 * e] = r < t ? row[e] : 0;
+    });
+    return;
+  }
+  const int64_t tiles = tp / kB;
+  parallel_for(b * heads * tiles, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t tile = task % tiles, hd = (task / tiles) % heads, bi = task / (tiles * heads);
+      pack_pairs_tile(dst + (bi * heads + hd) * tp * d, static_cast<const uint16_t*>(src), t, tp, heads, d, bi, hd,
+                      tile * kB, layout);
     }
   });
 }
