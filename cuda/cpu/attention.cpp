@@ -24,6 +24,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
 #include <immintrin.h>
 #include "attention_bf16.h"
@@ -133,6 +134,18 @@ void pack(float* dst, const void* src, int64_t b, int64_t t, int64_t tp, int64_t
       else base[r * d + e] = v;
     }
   });
+}
+
+// sum_e a[e] * b[e] in f32 over bf16 vectors (d % 16 == 0): 16 lanes, then a tree (the delta of the
+// backward; the element loop left it scalar).
+QN_XF_AVX512 float dot_bf16_avx512(const uint16_t* a, const uint16_t* b, int64_t d) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t e = 0; e < d; e += 16) {
+    const __m512 x = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + e))), 16));
+    const __m512 y = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + e))), 16));
+    acc = _mm512_fmadd_ps(x, y, acc);
+  }
+  return _mm512_reduce_add_ps(acc);
 }
 
 // bf16 copies of a bf16 [B, T, H, D] tensor, zero past T: rows [B, H, Tp, D]; pairs along D
@@ -644,7 +657,15 @@ void attention_backward(Context&, const AttentionBackwardArgs& a) {
       for (int64_t r = r0; r < r1; ++r)
         for (int64_t h = 0; h < d.hq; ++h) {
           const int64_t off = (r * d.hq + h) * d.d;
-          float s = 0.f;
+          float s;
+          if constexpr (std::is_same_v<T, uint16_t>) {
+            if (jb.bf16mm) {  // (AVX-512 present)
+              s = dot_bf16_avx512(o + off, g + off, d.d);
+              delta[((r / d.t) * d.hq + h) * d.t + r % d.t] = s;
+              continue;
+            }
+          }
+          s = 0.f;
           for (int64_t e = 0; e < d.d; ++e) s += xf::to_f32(o[off + e]) * xf::to_f32(g[off + e]);
           delta[((r / d.t) * d.hq + h) * d.t + r % d.t] = s;
         }
