@@ -31,7 +31,11 @@ void gemm(Context&, const GemmArgs& g) {
   // A(i, k) = op(A)[i, k]; B(j, k) = op(B)[k, j]. Leading dimension = the stored column count.
   p.pack_a = gemm_impl::packer(gemm_impl::MatSrc{g.a.raw(), g.a.dtype(), matrix_cols(g.a), !g.trans_a});
   p.pack_b = gemm_impl::packer(gemm_impl::MatSrc{g.b.raw(), g.b.dtype(), matrix_cols(g.b), g.trans_b});
-  p.epilogue = gemm_impl::store_epilogue(g.c.raw(), g.c.dtype(), d.n, g.alpha, g.beta, bias);
+  // A C larger than the last-level cache (the LM head's f32 logits: 155 MB at 256 tokens) is
+  // streamed out; its reader (the cross-entropy) finds it in memory either way.
+  constexpr int64_t kStreamBytes = int64_t(64) << 20;
+  const bool stream = g.beta == 0.f && static_cast<int64_t>(g.c.nbytes()) >= kStreamBytes;
+  p.epilogue = gemm_impl::store_epilogue(g.c.raw(), g.c.dtype(), d.n, g.alpha, g.beta, bias, stream);
   gemm_impl::run(p);
 }
 

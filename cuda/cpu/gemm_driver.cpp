@@ -276,6 +276,26 @@ __attribute__((target("avx512f"))) void finish_row_f32_avx512(float* out, const 
   }
 }
 
+// A whole f32 tile with non-temporal stores for the 64-byte-aligned full vectors (C far larger than
+// the caches, e.g. the LM head's logits: no read-for-ownership of lines that are only written);
+// an sfence orders them before the task's completion is published.
+__attribute__((target("avx512f"))) void finish_tile_f32_stream_avx512(float* out, int64_t ldc, const float* acc, int64_t ld,
+                                                                      int mr, int nr, float alpha, const float* bias) {
+  const __m512 va = _mm512_set1_ps(alpha);
+  for (int i = 0; i < mr; ++i) {
+    float* o = out + i * ldc;
+    const float* a = acc + i * ld;
+    for (int j = 0; j < nr; j += 16) {
+      const __mmask16 m = nr - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (nr - j)) - 1);
+      __m512 v = _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m, a + j));
+      if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + j));
+      if (m == 0xffff && (reinterpret_cast<uintptr_t>(o + j) & 63) == 0) _mm512_stream_ps(o + j, v);
+      else _mm512_mask_storeu_ps(o + j, m, v);
+    }
+  }
+  _mm_sfence();
+}
+
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void finish_row_bf16_avx512(uint16_t* out, const float* acc, int n, float alpha,
                                                                float beta, const float* bias) {
   const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
@@ -365,9 +385,13 @@ void finish_row_bf16(uint16_t* out, const float* acc, int n, float alpha, float 
   finish_row_scalar(out, acc, n, alpha, beta, bias);
 }
 
-EpilogueFn store_epilogue(void* c, DType dt, int64_t ldc, float alpha, float beta, const float* bias) {
+EpilogueFn store_epilogue(void* c, DType dt, int64_t ldc, float alpha, float beta, const float* bias, bool stream) {
   if (dt == DType::F32) {
     float* cf = static_cast<float*>(c);
+    if (stream && beta == 0.f && epilogue_avx512())
+      return [=](int64_t i0, int64_t j0, int mr, int nr, const float* tile, int64_t ld) {
+        finish_tile_f32_stream_avx512(cf + i0 * ldc + j0, ldc, tile, ld, mr, nr, alpha, bias ? bias + j0 : nullptr);
+      };
     return [=](int64_t i0, int64_t j0, int mr, int nr, const float* tile, int64_t ld) {
       for (int ii = 0; ii < mr; ++ii)
         finish_row_f32(cf + (i0 + ii) * ldc + j0, tile + ii * ld, nr, alpha, beta, bias ? bias + j0 : nullptr);

@@ -80,8 +80,10 @@ void zero_panel(const Panel& panel, void* dst);
 void finish_row_f32(float* out, const float* acc, int n, float alpha, float beta, const float* bias);
 void finish_row_bf16(uint16_t* out, const float* acc, int n, float alpha, float beta, const float* bias);
 // The standard epilogue: C (f32 or bf16, row-major with leading dimension ldc) = alpha*acc +
-// beta*C + bias (bias f32 [n], optional).
-EpilogueFn store_epilogue(void* c, DType dt, int64_t ldc, float alpha, float beta, const float* bias);
+// beta*C + bias (bias f32 [n], optional). stream: C is far larger than the caches and only
+// written (beta 0), so an f32 C goes out with non-temporal stores.
+EpilogueFn store_epilogue(void* c, DType dt, int64_t ldc, float alpha, float beta, const float* bias,
+                          bool stream = false);
 
 }  // namespace gemm_impl
 }  // namespace cpu

@@ -272,6 +272,31 @@ QN_TEST(gemm_packers_match_panel_format) {
   EXPECT_TRUE(checked > 250);
 }
 
+// An f32 C larger than the stream threshold (64 MB, the LM head's logits) goes out through
+// non-temporal stores on the CPU: every element, the odd tail columns and the bias included.
+QN_TEST(gemm_large_f32_output_streamed) {
+  auto ctx = test_ctx();
+  const int64_t m = 70, n = 245767, k = 3;  // C: 68.8 MB
+  const std::vector<float> av = random_floats(m * k, -1, 1, 31), bv = random_floats(n * k, -1, 1, 32),
+                           biasv = random_floats(n, -1, 1, 33);
+  Tensor a = from_floats(ctx, DType::F32, {m, k}, av), b = from_floats(ctx, DType::F32, {n, k}, bv);
+  Tensor bias = from_floats(ctx, DType::F32, {n}, biasv);
+  Tensor c = poisoned(ctx, DType::F32, {m, n});
+  gemm(*ctx, GemmArgs{a, b, c, false, true, 0.5f, 0.f, bias});
+  const std::vector<float> got = to_floats(c);
+  size_t bad = 0, first = 0;
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double ref = biasv[j], mag = std::fabs(biasv[j]);
+      for (int64_t q = 0; q < k; ++q) {
+        ref += 0.5 * double(av[i * k + q]) * bv[j * k + q];
+        mag += std::fabs(0.5 * double(av[i * k + q]) * bv[j * k + q]);
+      }
+      if (!(std::fabs(got[i * n + j] - ref) <= 1e-6 * mag + 1e-30) && bad++ == 0) first = static_cast<size_t>(i * n + j);
+    }
+  if (bad) record_failure("gemm streamed f32 C", std::to_string(bad) + " wrong, first at " + std::to_string(first));
+}
+
 QN_TEST(gemm_leading_dims_and_k_zero) {
   auto ctx = test_ctx();
   // A 3-D a ([2, 3, 5] is a 6 x 5 matrix) times b [5, 4] into c [2, 3, 4].
