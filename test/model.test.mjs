@@ -221,6 +221,34 @@ for (const name of MODELS) {
   });
 }
 
+// The loss path walks the vocabulary in chunks with an online softmax; the fixtures' vocabularies
+// (64-128) fit one default chunk, so force several (uneven last one) and check the same bounds.
+for (const name of ["qwen2_gqa_hd16", "qwen2_mqa_untied"]) {
+  test(`${name}: loss and gradients with the LM head split into vocabulary chunks`, async () => {
+    const fx = await fixture(name);
+    const { model, session } = await open(fx, {});
+    process.env.QN_MODEL_HEAD_VOCAB_CHUNK = "24"; // 128 = 5 x 24 + 8
+    try {
+      const batch = batchOf(fx.expected);
+      const ev = await model.evalLoss(batch);
+      await model.zeroGrad();
+      const acc = await model.accumulate(batch, 1 / ev.tokens);
+      const grads = await model.getLoraGrads();
+      const want = fx.expected["f64.loss"][0];
+      const lossErr = Math.abs(ev.lossSum / ev.tokens - want) / Math.abs(want);
+      const ge = gradErrors(grads, fx.expected, "f64.grad.");
+      console.log(`  ${name} fp32, vocabulary chunks of 24: loss rel ${fmt(lossErr)}, grads worst ${fmt(ge.worst)}`);
+      assert.ok(lossErr <= 1e-5, `loss ${lossErr}`);
+      assert.ok(Math.abs(acc.lossSum - ev.lossSum) <= 1e-6 * ev.lossSum, "accumulate and evalLoss agree");
+      assert.ok(ge.worst <= 1e-4, `grad ${ge.worstKey} ${ge.worst}`);
+    } finally {
+      delete process.env.QN_MODEL_HEAD_VOCAB_CHUNK;
+      model.dispose();
+      session.dispose();
+    }
+  });
+}
+
 test("qwen2_gqa_hd16: the bnb 4-bit checkpoint gives the same as NF4 quantized while loading", async () => {
   const fx = await fixture("qwen2_gqa_hd16");
   const a = await open(fx, { quantization: "nf4" });

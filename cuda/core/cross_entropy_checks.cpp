@@ -4,6 +4,15 @@
 
 namespace qn {
 
+void expect_loss_accumulators(const Tensor& loss_sum, const Tensor& count, const Tensor& like, const char* op) {
+  expect_dtype(loss_sum, DType::F32, op, "loss_sum");
+  expect_same_context(like, loss_sum, op);
+  QN_CHECK(loss_sum.numel() == 1, Shape, std::string(op) + ": loss_sum must be [1], got " + shape_str(loss_sum.shape()));
+  expect_dtype(count, DType::I32, op, "count");
+  expect_same_context(like, count, op);
+  QN_CHECK(count.numel() == 1, Shape, std::string(op) + ": count must be [1], got " + shape_str(count.shape()));
+}
+
 CrossEntropyDims check_cross_entropy(const CrossEntropyArgs& a) {
   const char* op = "cross_entropy";
   expect_f32_or_bf16(a.logits, op, "logits");
@@ -15,12 +24,7 @@ CrossEntropyDims check_cross_entropy(const CrossEntropyArgs& a) {
   QN_CHECK(a.labels.numel() == d.n, Shape,
            std::string(op) + ": labels " + shape_str(a.labels.shape()) + " must hold one label per logits row (" +
                std::to_string(d.n) + ", logits " + shape_str(a.logits.shape()) + ")");
-  expect_dtype(a.loss_sum, DType::F32, op, "loss_sum");
-  expect_same_context(a.logits, a.loss_sum, op);
-  QN_CHECK(a.loss_sum.numel() == 1, Shape, std::string(op) + ": loss_sum must be [1], got " + shape_str(a.loss_sum.shape()));
-  expect_dtype(a.count, DType::I32, op, "count");
-  expect_same_context(a.logits, a.count, op);
-  QN_CHECK(a.count.numel() == 1, Shape, std::string(op) + ": count must be [1], got " + shape_str(a.count.shape()));
+  expect_loss_accumulators(a.loss_sum, a.count, a.logits, op);
   if (a.row_loss.defined()) {
     expect_dtype(a.row_loss, DType::F32, op, "row_loss");
     expect_same_context(a.logits, a.row_loss, op);

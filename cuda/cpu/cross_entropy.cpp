@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <vector>
+#include "cross_entropy_common.h"
 #include "float_rows.h"
 #include "qn/ops/cross_entropy.h"
 #include "qn/parallel.h"
@@ -36,7 +37,7 @@ QN_XF_INLINE void ce_row(const CeJob& j, int64_t r, float* e) {
   G* dz = static_cast<G*>(j.dlogits) + r * j.v;
   const int64_t v = j.v;
   const int32_t y = j.labels[r];
-  if (y == j.ignore_index || y < 0 || y >= v) {
+  if (ce_ignored(y, j.ignore_index, v)) {
     j.row_loss[r] = 0.f;
     if (j.grad)
       for (int64_t i = 0; i < v; ++i) dz[i] = xf::from_f32<G>(0.f);
@@ -99,17 +100,7 @@ void cross_entropy(Context&, const CrossEntropyArgs& a) {
       });
     });
   });
-  double sum = 0;
-  int32_t cnt = 0;
-  const int32_t* labels = job.labels;
-  for (int64_t r = 0; r < d.n; ++r) {
-    const int32_t y = labels[r];
-    if (y == a.ignore_index || y < 0 || y >= d.v) continue;
-    sum += rl[r];
-    ++cnt;
-  }
-  a.loss_sum.data<float>()[0] = static_cast<float>(a.loss_sum.data<float>()[0] + sum);
-  a.count.data<int32_t>()[0] += cnt;
+  add_row_losses(job.labels, rl, d.n, a.ignore_index, d.v, a.loss_sum, a.count);
 }
 
 }  // namespace cpu

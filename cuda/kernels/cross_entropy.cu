@@ -7,12 +7,11 @@
 //                    so the gradient pass cannot overwrite it first); then the gradient pass
 //                    dz_j = (exp(z_j - lse) - [j == y]) * grad_scale (dz = z when in place). Ignored
 //                    rows: loss 0, gradient row zeroed.
-//   ce_reduce_kernel one block adds the row losses of non-ignored rows in double, in a fixed order
-//                    (strided per thread, then a shared-memory tree), adds the total to loss_sum once
-//                    and the count to count: deterministic run to run, no atomics.
+//   ce_reduce_kernel (cross_entropy_common.cuh) adds the row losses in double in a fixed order.
 // exp/log are the fast-math forms (~2 ulp); the per-row loss agrees with the CPU to ~1e-6 relative.
 #include "qn/ops/cross_entropy.h"
 #include "qn/tensor.h"
+#include "cross_entropy_common.cuh"
 #include "xf_common.cuh"
 
 namespace qn {
@@ -20,11 +19,6 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 512;
-constexpr int kReduceThreads = 1024;
-
-__device__ __forceinline__ bool ignored(int y, int ignore_index, long long v) {
-  return y == ignore_index || y < 0 || y >= v;
-}
 
 // Merges (m2, s2) into (m, s): both are (max, sum of exp(x - max)) over disjoint sets.
 __device__ __forceinline__ void merge(float& m, float& s, float m2, float s2) {
@@ -88,32 +82,6 @@ __global__ void __launch_bounds__(kThreads) ce_row_kernel(const T* z, G* dz, con
         dzr[j] = xf::from_f32<G>(((j == y) ? p - 1.f : p) * grad_scale);
       }
     __syncthreads();  // sm/ss/lse_sh are rewritten for the next row
-  }
-}
-
-__global__ void __launch_bounds__(kReduceThreads) ce_reduce_kernel(const float* __restrict__ row_loss,
-                                                                   const int* __restrict__ labels, long long n,
-                                                                   long long v, int ignore_index, float* loss_sum,
-                                                                   int* count) {
-  __shared__ double sd[kReduceThreads];
-  __shared__ int sc[kReduceThreads];
-  double s = 0;
-  int c = 0;
-  for (long long r = threadIdx.x; r < n; r += kReduceThreads)
-    if (!ignored(labels[r], ignore_index, v)) s += row_loss[r], ++c;
-  sd[threadIdx.x] = s;
-  sc[threadIdx.x] = c;
-  __syncthreads();
-  for (int w = kReduceThreads / 2; w > 0; w >>= 1) {
-    if (threadIdx.x < w) {
-      sd[threadIdx.x] += sd[threadIdx.x + w];
-      sc[threadIdx.x] += sc[threadIdx.x + w];
-    }
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) {
-    loss_sum[0] = (float)((double)loss_sum[0] + sd[0]);
-    count[0] += sc[0];
   }
 }
 

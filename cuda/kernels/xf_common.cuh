@@ -30,22 +30,35 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
-// `scratch` holds 33 floats of shared memory; the call synchronizes the block (twice).
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
+// Reduction over the block (blockDim.x a multiple of 32, at most 1024) with the warp reduction
+// `warp_op` and its identity; every thread gets the result. `scratch` holds 33 floats of shared
+// memory; the call synchronizes the block (three times).
+struct WarpSum {
+  __device__ __forceinline__ float operator()(float v) const { return warp_sum(v); }
+};
+struct WarpMax {
+  __device__ __forceinline__ float operator()(float v) const { return warp_max(v); }
+};
+template <typename WarpOp>
+__device__ __forceinline__ float block_reduce(float v, float* scratch, float identity) {
+  const WarpOp warp_op;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  v = warp_sum(v);
+  v = warp_op(v);
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
   if (warp == 0) {
-    float s = lane < nw ? scratch[lane] : 0.f;
-    s = warp_sum(s);
+    float s = lane < nw ? scratch[lane] : identity;
+    s = warp_op(s);
     if (lane == 0) scratch[32] = s;
   }
   __syncthreads();
   const float r = scratch[32];
   __syncthreads();  // scratch may be reused right after
   return r;
+}
+__device__ __forceinline__ float block_sum(float v, float* scratch) { return block_reduce<WarpSum>(v, scratch, 0.f); }
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+  return block_reduce<WarpMax>(v, scratch, -INFINITY);
 }
 
 }  // namespace xf

@@ -1,6 +1,7 @@
 // The Qwen2 / Llama graph (see qwen2_model.h). Composes ops through the qn:: dispatchers only.
 #include "model/qwen2_model.h"
 #include "model/masked_rows.h"
+#include "model/qwen2_model_ctx.h"
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -10,7 +11,6 @@
 #include "qn/half.h"
 #include "qn/memory_stats.h"
 #include "qn/ops/attention.h"
-#include "qn/ops/cross_entropy.h"
 #include "qn/ops/elementwise.h"
 #include "qn/ops/embedding.h"
 #include "qn/ops/gemm.h"
@@ -28,14 +28,6 @@ namespace {
 
 const char* const kModuleNames[kNumModules] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
 const char* const kBwdNames[kNumModules] = {"bwd.q_proj", "bwd.k_proj", "bwd.v_proj", "bwd.o_proj", "bwd.gate_proj", "bwd.up_proj", "bwd.down_proj"};
-
-// Bytes of one LM-head chunk of f32 logits we aim for (DESIGN.md 4: never [tokens x vocab]).
-constexpr int64_t kHeadChunkBytes = 64ll << 20;
-// ... but at least this many rows per chunk: each chunk packs the whole [V, H] head weight twice
-// (forward and backward GEMM), which below ~256 rows costs about as much as the GEMM itself
-// (Qwen2.5-0.5B, 2 threads: 110-row chunks ran the head GEMMs at ~150 GFLOP/s, 256-row chunks at
-// ~300-380). For V = 151936 this is a 155 MB f32 chunk.
-constexpr int64_t kHeadMinRows = 256;
 
 uint64_t mix64(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -122,17 +114,6 @@ struct Qwen2Model::Acts {
   std::array<Tensor, kNumModules> u;
 };
 
-struct Qwen2Model::Ctx {
-  int64_t b = 0, t = 0, m = 0;
-  Tensor ids, mask, pos, tgt;  // i32 [B, T]
-  std::vector<int32_t> host_tgt;
-  int64_t tokens = 0;
-  bool training = false;
-  // Per row: index of the first real token (T when none). Queries before it see no key at all
-  // (left padding); see patch_masked_rows_*.
-  std::vector<int64_t> first_real;
-  bool any_masked_rows = false;
-};
 
 Qwen2Model::Qwen2Model(std::shared_ptr<Context> ctx, const ModelConfig& cfg) : ctx_(std::move(ctx)), cfg_(cfg) {
   cfg_.validate();
@@ -707,96 +688,6 @@ void Qwen2Model::layer_backward(int l, const Ctx& c, const Tensor& x, Acts& a, c
   bwd(kV, a.hn1, dv2, need_dx ? dhn : Tensor(), true);
   if (need_dx) rmsnorm_backward(cx, RmsNormBackwardArgs{x, L.in_norm, a.rstd1, dhn, dx, true, Tensor()});
   tick("norm");
-}
-
-LossResult Qwen2Model::head_loss(const Ctx& c, const Tensor& x, const Tensor& dx, float grad_scale,
-                                 std::vector<float>* logits_out) {
-  Context& cx = *ctx_;
-  const DType d = cfg_.compute;
-  const int64_t m = c.m, H = cfg_.hidden, V = cfg_.vocab;
-  const bool grad = dx.defined();
-  const Tensor& W = cfg_.tie_embeddings ? embed_ : lm_head_;
-  Tensor hf = ws("H.hf", d, {m, H});
-  Tensor rstd = ws("H.rstd", DType::F32, {m});
-  rmsnorm_forward(cx, RmsNormForwardArgs{x, final_norm_, hf, rstd, cfg_.rms_eps});
-  tick("norm");
-  Tensor dhf = grad ? ws("H.dhf", d, {m, H}) : Tensor();
-  // QN_MODEL_HEAD_CHUNK_MB (tuning knob) sets the chunk size exactly; the default is
-  // kHeadChunkBytes with the kHeadMinRows floor.
-  static const int64_t env_chunk_bytes = [] {
-    const char* e = std::getenv("QN_MODEL_HEAD_CHUNK_MB");
-    const long long mb = e ? std::atoll(e) : 0;
-    return mb > 0 ? static_cast<int64_t>(mb) << 20 : int64_t(0);
-  }();
-  const int64_t chunk =
-      std::max<int64_t>(1, std::min<int64_t>(m, env_chunk_bytes ? env_chunk_bytes / (V * 4)
-                                                                 : std::max(kHeadChunkBytes / (V * 4), kHeadMinRows)));
-  Tensor row_loss = c.tgt.defined() ? ws("H.rowloss", DType::F32, {m}) : Tensor();
-  if (c.tgt.defined()) {
-    ctx_->memset(scalar_f32_.raw(), 0, 4);
-    ctx_->memset(scalar_i32_.raw(), 0, 4);
-  }
-  if (logits_out) logits_out->resize(static_cast<size_t>(m * V));
-  // Row ranges to run the head on: every row for logits(); otherwise only runs of rows that have a
-  // target (padding and each row's last position are skipped), cut into chunks.
-  std::vector<std::pair<int64_t, int64_t>> chunks;
-  for (int64_t r = 0; r < m;) {
-    if (!logits_out && c.host_tgt[static_cast<size_t>(r)] == -100) {
-      ++r;
-      continue;
-    }
-    int64_t e = r;
-    while (e < m && e - r < chunk && (logits_out || c.host_tgt[static_cast<size_t>(e)] != -100)) ++e;
-    chunks.push_back({r, e});
-    r = e;
-  }
-  int64_t covered = 0;
-  for (const auto& ch : chunks) covered += ch.second - ch.first;
-  if (grad && covered < m) ctx_->memset(dhf.raw(), 0, dhf.nbytes());  // rows without a target: no gradient
-  for (const auto& ch : chunks) {
-    const int64_t r0 = ch.first, r1 = ch.second, n = r1 - r0;
-    Tensor lg = ws("H.logits", DType::F32, {n, V});
-    GemmArgs g;
-    g.a = hf.slice_rows(r0, r1);
-    g.b = W;
-    g.c = lg;
-    g.trans_b = true;
-    gemm(cx, g);
-    tick("head_gemm_fwd");
-    if (logits_out) ctx_->copy_to_host(logits_out->data() + r0 * V, lg.raw(), lg.nbytes());
-    if (!c.tgt.defined()) continue;
-    CrossEntropyArgs ce;
-    ce.logits = lg;
-    ce.labels = c.tgt.slice_rows(r0, r1);
-    ce.loss_sum = scalar_f32_;
-    ce.count = scalar_i32_;
-    ce.row_loss = row_loss.slice_rows(r0, r1);
-    ce.grad_scale = grad_scale;
-    ce.compute_grad = grad;
-    // bf16 compute: the gradient is written straight in bf16 for the backward GEMM (no cast pass)
-    Tensor dl = grad && d != DType::F32 ? ws("H.dlogits16", d, {n, V}) : lg;
-    if (grad && d != DType::F32) ce.dlogits = dl;
-    cross_entropy(cx, ce);
-    tick("ce");
-    if (!grad) continue;
-    GemmArgs gb;
-    gb.a = dl;
-    gb.b = W;
-    gb.c = dhf.slice_rows(r0, r1);
-    gemm(cx, gb);
-    tick("head_gemm_bwd");
-  }
-  LossResult res;
-  if (c.tgt.defined()) {
-    std::vector<float> rl(static_cast<size_t>(m));
-    ctx_->copy_to_host(rl.data(), row_loss.raw(), rl.size() * 4);
-    for (size_t i = 0; i < rl.size(); ++i)
-      if (c.host_tgt[i] != -100) res.loss_sum += rl[i];
-    res.tokens = c.tokens;
-  }
-  if (grad) rmsnorm_backward(cx, RmsNormBackwardArgs{x, final_norm_, rstd, dhf, dx, false, Tensor()});
-  tick("norm");
-  return res;
 }
 
 LossResult Qwen2Model::run(const HostBatch& b, bool training, float grad_scale, std::vector<float>* logits_out) {

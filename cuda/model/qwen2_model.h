@@ -1,6 +1,6 @@
 // The Qwen2 / Llama decoder with LoRA adapters over frozen (NF4 or dense) base weights: weights,
 // the LoRA parameter layout, forward, backward, per-layer recompute (gradient checkpointing), the
-// chunked LM head + cross-entropy, the optimizer step and a memory report.
+// LM head + cross-entropy over vocabulary chunks (qwen2_head.cpp), the optimizer step and a memory report.
 //
 // It composes ops only through the qn:: dispatchers, so the same code runs on the CPU and CUDA
 // backends. Everything here runs on the calling thread (the binding calls it from the session
@@ -207,8 +207,12 @@ class Qwen2Model {
   Ctx make_ctx(const HostBatch& b, bool need_targets);
   void layer_forward(int l, const Ctx& c, const Tensor& x, Acts& a, const Tensor& out, bool training);
   void layer_backward(int l, const Ctx& c, const Tensor& x, Acts& a, const Tensor& dx);
-  // final norm + chunked LM head + CE. With grad: writes dx (grad wrt the last hidden state).
+  // final norm + LM head + CE (qwen2_head.cpp). With grad: writes dx (grad wrt the last hidden
+  // state). Loss (training, evalLoss): vocabulary chunks with an online softmax, no logits kept;
+  // logits_out (logits()): row chunks of full logits copied out (no targets, no gradient).
   LossResult head_loss(const Ctx& c, const Tensor& x, const Tensor& dx, float grad_scale, std::vector<float>* logits_out);
+  LossResult head_loss_online(const Ctx& c, const Tensor& hf, const Tensor& dhf, float grad_scale);
+  LossResult head_loss_logits(const Ctx& c, const Tensor& hf, const Tensor& dhf, std::vector<float>* logits_out);
   LossResult run(const HostBatch& b, bool training, float grad_scale, std::vector<float>* logits_out);
   uint64_t dropout_seed(int layer, int module) const;
 

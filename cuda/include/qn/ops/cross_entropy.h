@@ -1,7 +1,7 @@
-// Fused cross-entropy over one chunk of LM-head logits, writing dlogits in place (or into a separate
-// tensor of another dtype, e.g. bf16 for the bf16 LM-head backward GEMM, which saves a cast pass),
-// so the model runs the LM head chunk by chunk without a [tokens x vocab] f32 buffer for all tokens
-// (DESIGN.md 4).
+// Fused cross-entropy over given logits [N, V], writing dlogits in place (or into a separate tensor
+// of another dtype, e.g. bf16 for a bf16 backward GEMM, which saves a cast pass). The model's LM
+// head does not use it: it walks the vocabulary in chunks with cross_entropy_online.h instead, so
+// no [tokens x vocab] logits exist; this op serves callers that hold whole logits rows.
 // CPU: cuda/cpu/cross_entropy.cpp, CUDA: cuda/kernels/cross_entropy.cu,
 // tests: cuda/tests/test_cross_entropy.cpp. Reference: torch.nn.functional.cross_entropy
 // (reduction "sum", ignore_index), with the caller dividing by the token count.
@@ -46,5 +46,7 @@ struct CrossEntropyDims {
   int64_t n = 0, v = 0;
 };
 CrossEntropyDims check_cross_entropy(const CrossEntropyArgs& a);
+// loss_sum f32 [1] and count i32 [1] in like's session (shared with cross_entropy_online).
+void expect_loss_accumulators(const Tensor& loss_sum, const Tensor& count, const Tensor& like, const char* op);
 
 }  // namespace qn
