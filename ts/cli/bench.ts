@@ -25,7 +25,7 @@ interface BenchArgs {
   steps?: number;
 }
 
-export const BENCH_KERNELS = ["nf4", "gemm", "lora_linear", "attention", "rmsnorm", "rope", "swiglu", "cross_entropy", "optim", "e2e"];
+export const BENCH_KERNELS = ["nf4", "gemm", "lora_linear", "attention", "rmsnorm", "rope", "swiglu", "cross_entropy", "lm_head", "optim", "e2e"];
 
 function benchBinary(device: string, log: (s: string) => void): string {
   if (process.env.QN_BENCH_BIN) return process.env.QN_BENCH_BIN;
