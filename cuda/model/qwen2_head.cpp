@@ -129,6 +129,7 @@ LossResult Qwen2Model::head_loss_logits(const Ctx& c, const Tensor& hf, const Te
     tick("head_gemm_fwd");
     ctx_->copy_to_host(logits_out->data() + r0 * V, lg.raw(), lg.nbytes());
   }
+  workspace_.erase("H.logits");  // up to 155 MB that training and evalLoss never use
   return LossResult();
 }
 
