@@ -27,12 +27,24 @@ cmake -S . -B build-gpu "${gen[@]}" -DQN_BUILD_ADDON=OFF -DQN_CUDA=ON -DCMAKE_BU
 build_rc=$?
 log "build rc=$build_rc ($(( $(date +%s) - t0 ))s)"
 [ $build_rc -eq 0 ] || { tail -40 "$out/build.txt"; exit 1; }
-./build-gpu/qn_tests --device cuda 2>&1 | tee "$out/tests-cuda.txt"
+# Each phase has its own time limit (QN_GPU_CHECK_SCALE multiplies them) so that one hang cannot
+# eat a short device lease; rc 124 in the summary means "timed out".
+scale=${QN_GPU_CHECK_SCALE:-1}
+lim() { echo $(( $1 * scale )); }
+timeout "$(lim 180)" ./build-gpu/qn_tests --device cuda 2>&1 | tee "$out/tests-cuda.txt"
 tests_rc=${PIPESTATUS[0]}
 log "op suite on CUDA: $(tail -1 "$out/tests-cuda.txt") (rc=$tests_rc)"
 if [ -x ./build-gpu/qn_bench ]; then
-  ./build-gpu/qn_bench --device cuda 2>&1 | tee "$out/bench-cuda.txt"
-  log "benchmarks: see bench-cuda.txt"
+  timeout "$(lim 150)" ./build-gpu/qn_bench --device cuda 2>&1 | tee "$out/bench-cuda.txt"
+  rc=${PIPESTATUS[0]}
+  log "kernel benchmarks rc=$rc: see bench-cuda.txt"
+  # Whole-model training steps at the Qwen2.5-3B shape (issue 4's MFU and peak-memory goal).
+  for cfg in "--batch 1 --seq 2048" "--batch 4 --seq 2048 --ckpt 1" "--batch 1 --seq 2048 --optim paged"; do
+    # shellcheck disable=SC2086
+    timeout "$(lim 75)" ./build-gpu/qn_bench --device cuda --filter model --preset qwen2.5-3b $cfg 2>&1 | tee -a "$out/bench-model-cuda.txt"
+    rc=${PIPESTATUS[0]}
+    log "model bench ($cfg) rc=$rc: $(grep -E '^  (tokens/s|MFU|memory)' "$out/bench-model-cuda.txt" | tail -3 | tr -s ' ' | tr '\n' ';')"
+  done
 fi
 if command -v node >/dev/null && [ -d node_modules ]; then
   QN_TEST_DEVICE=cuda node --test --test-concurrency=1 test/ 2>&1 | tail -15 | tee "$out/tests-js.txt"

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -24,15 +25,24 @@ struct Options {
   std::string filter;  // run the cases whose name contains it
   int iters = 0;       // 0: the case's default
   int64_t n = 0;       // 0: the case's default problem size
+  // Case-specific settings given as `--key value` (keys listed in kCaseKeys, bench_main.cpp).
+  std::map<std::string, std::string> params;
+  std::string get(const std::string& key, const std::string& dflt) const {
+    auto it = params.find(key);
+    return it == params.end() ? dflt : it->second;
+  }
 };
 
 struct Case {
   std::string name;
   std::function<int(const Options&)> fn;
+  bool explicit_only = false;  // runs only when --filter names it (heavy cases such as `model`)
 };
 std::vector<Case>& registry();
 struct Registrar {
-  Registrar(const char* name, std::function<int(const Options&)> fn) { registry().push_back({name, std::move(fn)}); }
+  Registrar(const char* name, std::function<int(const Options&)> fn, bool explicit_only = false) {
+    registry().push_back({name, std::move(fn), explicit_only});
+  }
 };
 
 // Seconds per call: one warm-up call, then `iters` calls between two synchronizations. On CUDA the
@@ -51,6 +61,9 @@ inline double time_median(qn::Context& ctx, int reps, int iters, const std::func
 // FLOP/s of a bf16 GEMM y = x W^T through our own gemm op, median of 3: 8192^3 on CUDA,
 // 1024 x 2048 x 2048 on the CPU. The "of gemm" reference of the GEMM-rate tables.
 double gemm_rate_bf16(const std::shared_ptr<qn::Context>& ctx);
+// FLOP/s of an in-register vdpbf16ps loop on every pool thread (the f32 FMA loop where the CPU has
+// no avx512_bf16; 0 off x86-64): the CPU's bf16 peak (bench_gemm.cpp).
+double cpu_peak_bf16();
 
 // ---- reference checks ------------------------------------------------------------------------
 // The CPU session the checks run their reference on (one per process).
@@ -103,6 +116,12 @@ inline Row row(std::string name, double bytes, double seconds, const Err& e, std
 }
 
 }  // namespace qnbench
+
+// A case that runs only when --filter names it (not in a plain `qn_bench` run).
+#define QN_BENCH_EXPLICIT(name)                                                       \
+  static int qn_bench_##name(const ::qnbench::Options& opt);                          \
+  static ::qnbench::Registrar qn_bench_registrar_##name(#name, qn_bench_##name, true); \
+  static int qn_bench_##name(const ::qnbench::Options& opt)
 
 #define QN_BENCH(name)                                                          \
   static int qn_bench_##name(const ::qnbench::Options& opt);                    \

@@ -298,6 +298,16 @@ QN_BENCH(lora_linear) {
 // The reference rates alone (qn_bench --filter peak), for `qlora-native bench e2e`'s MFU: on the CPU
 // the in-register f32 FMA and bf16 (vdpbf16ps) loops on every pool thread; on both devices a bf16
 // GEMM through our own gemm op (qnbench::gemm_rate_bf16).
+double qnbench::cpu_peak_bf16() {
+#if defined(__x86_64__)
+  const auto& f = qn::cpu_features();
+  if (f.avx512_bf16) return cpu_peak(dpbf16_chains, 12 * 16 * 4) * 1e9;
+  if (f.avx512f) return cpu_peak(fma_chains, 12 * 16 * 2) * 1e9;
+  if (f.avx2 && f.fma) return cpu_peak(fma_chains_avx2, 12 * 8 * 2) * 1e9;
+#endif
+  return 0;
+}
+
 QN_BENCH(peak) {
   auto ctx = qn::open_context(qn::parse_device(opt.device));
   const bool cuda = ctx->device().type == qn::DeviceType::CUDA;

@@ -201,16 +201,31 @@ void print_flop_rows(const std::string& title, const std::vector<Row>& rows, dou
 
 }  // namespace qnbench
 
+// Case-specific `--key value` settings (Options::params); the case that reads them documents them.
+static const char* const kCaseKeys[] = {"preset", "batch", "seq", "steps", "warmup", "r", "ckpt", "compute", "optim"};
+
 int main(int argc, char** argv) {
   qnbench::Options opt;
   for (int i = 1; i < argc; ++i) {
+    bool case_key = false;
+    for (const char* k : kCaseKeys)
+      if (argv[i][0] == '-' && argv[i][1] == '-' && !std::strcmp(argv[i] + 2, k) && i + 1 < argc) {
+        opt.params[k] = argv[++i];
+        case_key = true;
+        break;
+      }
+    if (case_key) continue;
     if (!std::strcmp(argv[i], "--device") && i + 1 < argc) opt.device = argv[++i];
     else if (!std::strcmp(argv[i], "--filter") && i + 1 < argc) opt.filter = argv[++i];
     else if (!std::strcmp(argv[i], "--iters") && i + 1 < argc) opt.iters = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--n") && i + 1 < argc) opt.n = std::strtoll(argv[++i], nullptr, 10);
     else {
-      std::fprintf(stderr, "usage: qn_bench [--device cpu|cuda[:N]] [--filter SUBSTRING] [--iters K] [--n N]\ncases:");
-      for (const auto& c : qnbench::registry()) std::fprintf(stderr, " %s", c.name.c_str());
+      std::fprintf(stderr,
+                   "usage: qn_bench [--device cpu|cuda[:N]] [--filter SUBSTRING] [--iters K] [--n N]\n"
+                   "       qn_bench --filter model [--preset qwen2.5-0.5b|qwen2.5-3b|tiny] [--batch B] [--seq T] [--steps S]\n"
+                   "                [--warmup W] [--r R] [--ckpt 0|1] [--compute bf16|f32] [--optim adamw|paged|8bit]\n"
+                   "cases:");
+      for (const auto& c : qnbench::registry()) std::fprintf(stderr, " %s%s", c.name.c_str(), c.explicit_only ? " (explicit)" : "");
       std::fprintf(stderr, "%s\n", run_optim_bench ? " optim" : "");
       return 2;
     }
@@ -223,6 +238,7 @@ int main(int argc, char** argv) {
   int rc = 0, ran = 0;
   for (const auto& c : cases) {
     if (!opt.filter.empty() && c.name.find(opt.filter) == std::string::npos) continue;
+    if (c.explicit_only && opt.filter.empty()) continue;
     ++ran;
     try {
       const int r = c.fn(opt);
