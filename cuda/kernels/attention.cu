@@ -321,6 +321,14 @@ void attention_backward(Context& ctx, const AttentionBackwardArgs& a) {
   p.dv = a.dv.raw();
   Tensor delta = Tensor::empty(a.q.ctx_ptr(), DType::F32, {d.b, d.hq, d.t});
   p.delta = delta.data<float>();
+  // The WMMA backward with GQA runs one dkv block per q head and sums the group afterwards.
+  Tensor dk_part, dv_part;
+  if (a.q.dtype() == DType::BF16 && !g_cuda_core_only && d.group() > 1) {
+    dk_part = Tensor::empty(a.q.ctx_ptr(), DType::F32, {d.b, d.t, d.hq, d.d});
+    dv_part = Tensor::empty(a.q.ctx_ptr(), DType::F32, {d.b, d.t, d.hq, d.d});
+    p.dk_part = dk_part.data<float>();
+    p.dv_part = dv_part.data<float>();
+  }
   const unsigned tiles = (unsigned)((d.t + kRows - 1) / kRows);
   with_type(a.q.dtype(), [&](auto tt) {
     using T = decltype(tt);

@@ -19,6 +19,9 @@ struct Params {
   const void* dout;
   void *dq, *dk, *dv;
   float* delta;  // backward: rowsum(dout * out) [B, Hq, T]
+  // backward, WMMA path with group > 1: per-q-head f32 partials of dk, dv [B, T, Hq, D], summed
+  // over each group into dk, dv by attn_dkv_reduce_kernel (null: the dkv blocks write dk, dv).
+  float *dk_part, *dv_part;
   int b, t, hq, hkv, group;
   float scale;
   bool causal;
@@ -51,6 +54,7 @@ __device__ __forceinline__ void load_row_stats(const Params& p, int b, int h, in
 // not apply (head dim, alignment, shared memory of the device); the caller then uses the CUDA-core
 // kernels. QN_ATTENTION_NO_WMMA=1 in the environment disables them (debugging).
 bool forward_wmma(const Params& p, int d, cudaStream_t stream, int device);
+// `p.dk_part` / `p.dv_part` must be set when p.group > 1 (see Params).
 bool backward_wmma(const Params& p, int d, cudaStream_t stream, int device);
 
 }  // namespace attn

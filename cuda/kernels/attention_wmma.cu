@@ -8,10 +8,16 @@
 //                         O (shared f32) rescaled per row, then O += P V on fragments.
 //   attn_dq_wmma_kernel   per (b, q head, 64 queries): per key tile S and dP = dO V^T, then
 //                         dS = P (dP - delta) * scale in bf16, dQ += dS K held in fragments.
-//   attn_dkv_wmma_kernel  per (b, kv head, 64 keys): over the group's q heads and query tiles
-//                         from the diagonal on, S^T = K Q^T and dP^T = V dO^T (so every warp owns
-//                         16 keys and needs no block sync), P^T and dS^T in bf16, dV += P^T dO and
-//                         dK += dS^T Q held in fragments.
+//   attn_dkv_wmma_kernel  per (b, q head, 64 keys): over the query tiles from the diagonal on,
+//                         S^T = K Q^T and dP^T = V dO^T (so every warp owns 16 keys and needs no
+//                         block sync), P^T and dS^T in bf16, dV += P^T dO and dK += dS^T Q held in
+//                         fragments. With GQA (group > 1) each block writes its q head's f32
+//                         partials and attn_dkv_reduce_kernel sums each group into dk, dv (in head
+//                         order, then one rounding): a block per (kv head, key tile) looping over
+//                         the group would leave most SMs idle (Qwen2.5-3B: 2 kv heads, 32 tiles
+//                         at T = 2048 -> 64 blocks on 132 SMs, each doing 8 heads' work).
+// Grids are (heads, tiles, B) so that the block order walks tiles slowest: with a causal mask the
+// longest tiles (last query tiles forward and dq, first key tiles dkv) start first on every head.
 // Shared memory (dynamic, opt-in above 48 KB): at D = 128 about 111 KB (forward, dq) and 121 KB
 // (dkv), within sm_80's 163 KB and sm_90's 227 KB. Tiles are padded (+8 bf16, +4 f32 per row)
 // against bank conflicts; every WMMA pointer is 32-byte aligned (row blocks of 16, column blocks
@@ -63,6 +69,12 @@ __device__ __forceinline__ void load_tile(bf16* dst, const void* src_v, int b, i
   }
 }
 
+// The query tile of a forward / dq block (grid (heads, tiles, B)): with a causal mask the last
+// tiles, which see the most keys, get the lowest block indices so they start first.
+__device__ __forceinline__ int query_tile(const Params& p) {
+  return p.causal ? (int)(gridDim.y - 1 - blockIdx.y) : (int)blockIdx.y;
+}
+
 using namespace nvcuda;
 using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
 using FragBr = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
@@ -104,20 +116,22 @@ __device__ __forceinline__ void acc_p_times_m(FragC* acc, const bf16* pm, const 
   }
 }
 
+__device__ __forceinline__ void store_elem(bf16* d, float v) { *d = __float2bfloat16_rn(v); }
+__device__ __forceinline__ void store_elem(float* d, float v) { *d = v; }
+
 // Writes the warp's 16 x D fragments (staged through stage[64][LDO] f32) to rows r0 + 16 w of a
-// bf16 [B, T, H, D] tensor, rows < T, times mul.
-template <int D>
-__device__ __forceinline__ void store_rows(const FragC* acc, float* stage, void* dst_v, int b, int r0, int head, int t,
+// [B, T, H, D] tensor of TO (bf16 or f32), rows < T, times mul.
+template <int D, typename TO>
+__device__ __forceinline__ void store_rows(const FragC* acc, float* stage, TO* dst, int b, int r0, int head, int t,
                                            int heads, float mul) {
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
   float* st = stage + 16 * w * Cfg<D>::LDO;
 #pragma unroll
   for (int cb = 0; cb < D / 16; ++cb) wmma::store_matrix_sync(st + 16 * cb, acc[cb], Cfg<D>::LDO, wmma::mem_row_major);
   __syncwarp();
-  bf16* dst = static_cast<bf16*>(dst_v);
   for (int idx = lane; idx < 16 * D; idx += 32) {
     const int rr = idx / D, e = idx - rr * D, row = r0 + 16 * w + rr;
-    if (row < t) dst[row_off(b, row, head, t, heads, D) + e] = __float2bfloat16_rn(mul * st[rr * Cfg<D>::LDO + e]);
+    if (row < t) store_elem(dst + row_off(b, row, head, t, heads, D) + e, mul * st[rr * Cfg<D>::LDO + e]);
   }
   __syncwarp();
 }
@@ -138,7 +152,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_wmma_kernel(Params p) {
   float* a_s = l_s + kTile;
   int* keep_s = reinterpret_cast<int*>(a_s + kTile);
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  const int b = blockIdx.z, h = blockIdx.y, i0 = blockIdx.x * kTile, g = h / p.group;
+  const int b = blockIdx.z, h = blockIdx.x, i0 = query_tile(p) * kTile, g = h / p.group;
   const float sl2 = p.scale * kLog2e;
   load_tile<D>(qs, p.q, b, i0, h, p.t, p.hq);
   for (int idx = threadIdx.x; idx < kTile * C::LDO; idx += kThreads) os[idx] = 0.f;
@@ -212,6 +226,8 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_wmma_kernel(Params p) {
     const float l = l_s[rr];
     if (ii < p.t) p.lse[((long long)b * p.hq + h) * p.t + ii] = l > 0.f ? (m_s[rr] + log2f(l)) * kLn2 : -INFINITY;
   }
+#else
+  __trap();  // compiled for < sm_80: prepare() refuses such a build, so this never runs
 #endif
 }
 
@@ -231,7 +247,7 @@ __global__ void __launch_bounds__(kThreads) attn_dq_wmma_kernel(Params p) {
   float* delta_s = lse2_s + kTile;
   int* keep_s = reinterpret_cast<int*>(delta_s + kTile);
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  const int b = blockIdx.z, h = blockIdx.y, i0 = blockIdx.x * kTile, g = h / p.group;
+  const int b = blockIdx.z, h = blockIdx.x, i0 = query_tile(p) * kTile, g = h / p.group;
   const float sl2 = p.scale * kLog2e;
   load_tile<D>(qs, p.q, b, i0, h, p.t, p.hq);
   load_tile<D>(dos, p.dout, b, i0, h, p.t, p.hq);
@@ -261,7 +277,9 @@ __global__ void __launch_bounds__(kThreads) attn_dq_wmma_kernel(Params p) {
     acc_p_times_m<D>(dq, dss + 16 * w * C::LDP, ks);
   }
   __syncthreads();  // the staging below overwrites other warps' score rows
-  store_rows<D>(dq, ss, p.dq, b, i0, h, p.t, p.hq, 1.f);
+  store_rows<D>(dq, ss, static_cast<bf16*>(p.dq), b, i0, h, p.t, p.hq, 1.f);
+#else
+  __trap();  // compiled for < sm_80: prepare() refuses such a build, so this never runs
 #endif
 }
 
@@ -282,7 +300,10 @@ __global__ void __launch_bounds__(kThreads) attn_dkv_wmma_kernel(Params p) {
   float* delta_s = lse2_s + kTile;
   int* keep_s = reinterpret_cast<int*>(delta_s + kTile);
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  const int b = blockIdx.z, g = blockIdx.y, j0 = blockIdx.x * kTile;
+  // blockIdx.x: the q head (partials) or the kv head (group == 1 or no partials: all its q heads)
+  const bool part = p.dk_part != nullptr;
+  const int b = blockIdx.z, j0 = blockIdx.y * kTile, g = part ? blockIdx.x / p.group : blockIdx.x;
+  const int h_begin = part ? blockIdx.x : g * p.group, h_end = part ? h_begin + 1 : h_begin + p.group;
   const float sl2 = p.scale * kLog2e;
   load_tile<D>(ks, p.k, b, j0, g, p.t, p.hkv);
   load_tile<D>(vs, p.v, b, j0, g, p.t, p.hkv);
@@ -291,7 +312,7 @@ __global__ void __launch_bounds__(kThreads) attn_dkv_wmma_kernel(Params p) {
 #pragma unroll
   for (int cb = 0; cb < D / 16; ++cb) wmma::fill_fragment(dk[cb], 0.f), wmma::fill_fragment(dv[cb], 0.f);
   const int kr = 16 * w + (lane >> 1), half = lane & 1, j = j0 + kr;  // elementwise: two lanes per key
-  for (int h = g * p.group; h < (g + 1) * p.group; ++h) {
+  for (int h = h_begin; h < h_end; ++h) {
     for (int i0 = p.causal ? j0 : 0; i0 < p.t; i0 += kTile) {
       __syncthreads();  // previous q/dout tiles no longer read (and K/V/keep are visible)
       load_tile<D>(qs, p.q, b, i0, h, p.t, p.hq);
@@ -316,9 +337,36 @@ __global__ void __launch_bounds__(kThreads) attn_dkv_wmma_kernel(Params p) {
     }
   }
   __syncthreads();  // the staging below overwrites other warps' score rows
-  store_rows<D>(dk, sts, p.dk, b, j0, g, p.t, p.hkv, 1.f);
-  store_rows<D>(dv, sts, p.dv, b, j0, g, p.t, p.hkv, 1.f);
+  if (part) {
+    store_rows<D>(dk, sts, p.dk_part, b, j0, h_begin, p.t, p.hq, 1.f);
+    store_rows<D>(dv, sts, p.dv_part, b, j0, h_begin, p.t, p.hq, 1.f);
+  } else {
+    store_rows<D>(dk, sts, static_cast<bf16*>(p.dk), b, j0, g, p.t, p.hkv, 1.f);
+    store_rows<D>(dv, sts, static_cast<bf16*>(p.dv), b, j0, g, p.t, p.hkv, 1.f);
+  }
+#else
+  __trap();  // compiled for < sm_80: prepare() refuses such a build, so this never runs
 #endif
+}
+
+// dk[b, t, g, :] = bf16(sum over the group's q heads h of dk_part[b, t, h, :]), same for dv;
+// one thread per output element.
+__global__ void attn_dkv_reduce_kernel(Params p, int d) {
+  const long long n = (long long)p.b * p.t * p.hkv * d;
+  for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < n; idx += (long long)gridDim.x * blockDim.x) {
+    const int e = (int)(idx % d);
+    const long long rest = idx / d;
+    const int g = (int)(rest % p.hkv);
+    const long long bt = rest / p.hkv;
+    const long long base = (bt * p.hq + (long long)g * p.group) * d + e;
+    float sk = 0.f, sv = 0.f;
+    for (int k = 0; k < p.group; ++k) {
+      sk += p.dk_part[base + (long long)k * d];
+      sv += p.dv_part[base + (long long)k * d];
+    }
+    static_cast<bf16*>(p.dk)[idx] = __float2bfloat16_rn(sk);
+    static_cast<bf16*>(p.dv)[idx] = __float2bfloat16_rn(sv);
+  }
 }
 
 bool disabled_by_env() {
@@ -331,7 +379,7 @@ bool disabled_by_env() {
 
 bool aligned16(const void* ptr) { return ptr == nullptr || (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
 
-// True when the device runs bf16 WMMA (sm_80+) and grants `bytes` of dynamic shared memory to the
+// True when the device runs bf16 WMMA (sm_80+), the kernel was compiled for it, and it grants `bytes` of dynamic shared memory to the
 // kernel (raising its limit when above the default 48 KB).
 template <typename K>
 bool prepare(K kernel, size_t bytes, int device) {
@@ -339,6 +387,11 @@ bool prepare(K kernel, size_t bytes, int device) {
   check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute", device);
   check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute", device);
   if (major < 8 || bytes > static_cast<size_t>(optin)) return false;
+  // The kernel bodies exist only in code compiled for sm_80+ (a build for older architectures
+  // JIT-compiles an empty body from its PTX): refuse those so the CUDA-core kernels run instead.
+  cudaFuncAttributes attr;
+  check(cudaFuncGetAttributes(&attr, kernel), "cudaFuncGetAttributes", device);
+  if (attr.ptxVersion < 80) return false;
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
         "cudaFuncSetAttribute", device);
   return true;
@@ -372,7 +425,7 @@ bool forward_wmma(const Params& p, int d, cudaStream_t stream, int device) {
     constexpr int D = decltype(dc)::value;
     const size_t bytes = Cfg<D>::fwd_bytes;
     if (!prepare(attn_fwd_wmma_kernel<D>, bytes, device)) return false;
-    const dim3 grid((unsigned)((p.t + kTile - 1) / kTile), (unsigned)p.hq, (unsigned)p.b);
+    const dim3 grid((unsigned)p.hq, (unsigned)((p.t + kTile - 1) / kTile), (unsigned)p.b);
     attn_fwd_wmma_kernel<D><<<grid, kThreads, bytes, stream>>>(p);
     check_launch("attn_fwd_wmma_kernel", device);
     return true;
@@ -387,10 +440,18 @@ bool backward_wmma(const Params& p, int d, cudaStream_t stream, int device) {
         !prepare(attn_dkv_wmma_kernel<D>, Cfg<D>::dkv_bytes, device))
       return false;
     const unsigned tiles = (unsigned)((p.t + kTile - 1) / kTile);
-    attn_dq_wmma_kernel<D><<<dim3(tiles, (unsigned)p.hq, (unsigned)p.b), kThreads, Cfg<D>::dq_bytes, stream>>>(p);
+    attn_dq_wmma_kernel<D><<<dim3((unsigned)p.hq, tiles, (unsigned)p.b), kThreads, Cfg<D>::dq_bytes, stream>>>(p);
     check_launch("attn_dq_wmma_kernel", device);
-    attn_dkv_wmma_kernel<D><<<dim3(tiles, (unsigned)p.hkv, (unsigned)p.b), kThreads, Cfg<D>::dkv_bytes, stream>>>(p);
+    const bool part = p.group > 1;
+    if (part && (!p.dk_part || !p.dv_part)) fail(ErrorCode::Internal, "attention backward: GQA needs the dk/dv partials");
+    Params pd = p;
+    if (!part) pd.dk_part = pd.dv_part = nullptr;
+    attn_dkv_wmma_kernel<D><<<dim3((unsigned)(part ? p.hq : p.hkv), tiles, (unsigned)p.b), kThreads, Cfg<D>::dkv_bytes, stream>>>(pd);
     check_launch("attn_dkv_wmma_kernel", device);
+    if (part) {
+      attn_dkv_reduce_kernel<<<blocks_for((long long)p.b * p.t * p.hkv * D, 256), 256, 0, stream>>>(pd, D);
+      check_launch("attn_dkv_reduce_kernel", device);
+    }
     return true;
   });
 }

@@ -92,7 +92,7 @@ class CudaContext final : public Context {
 
   void* alloc(size_t bytes) override {
     check_usable();
-    check(cudaSetDevice(index_), "cudaSetDevice", index_);
+    select();
     void* p = nullptr;
     const cudaError_t e = cudaMallocAsync(&p, bytes ? bytes : 1, stream_);
     if (e == cudaErrorMemoryAllocation) {
@@ -116,30 +116,41 @@ class CudaContext final : public Context {
 
   void copy_from_host(void* dst, const void* src, size_t bytes) override {
     check_usable();
+    select();
     check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync H2D", index_);
     // The source is pageable host memory owned by the caller: finish before returning.
     check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize", index_);
   }
   void copy_to_host(void* dst, const void* src, size_t bytes) override {
     check_usable();
+    select();
     check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_), "cudaMemcpyAsync D2H", index_);
     check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize", index_);
   }
   void copy(void* dst, const void* src, size_t bytes) override {
     check_usable();
+    select();
     check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_), "cudaMemcpyAsync D2D", index_);
   }
   void memset(void* dst, int value, size_t bytes) override {
     check_usable();
+    select();
     check(cudaMemsetAsync(dst, value, bytes, stream_), "cudaMemsetAsync", index_);
   }
   void synchronize() override {
     check_usable();
-    check(cudaSetDevice(index_), "cudaSetDevice", index_);
+    select();
     check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize", index_);
   }
 
  private:
+  // Makes this context's device the calling thread's current one (work arrives on session queue
+  // threads, whose current device starts at 0; a stream of cuda:1 cannot be used from cuda:0).
+  void select() const {
+    int cur = -1;
+    if (cudaGetDevice(&cur) != cudaSuccess || cur != index_) check(cudaSetDevice(index_), "cudaSetDevice", index_);
+  }
+
   int index_;
   cudaStream_t stream_ = nullptr;
 };

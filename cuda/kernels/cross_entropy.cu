@@ -52,7 +52,7 @@ __global__ void __launch_bounds__(kThreads) ce_row_kernel(const T* z, G* dz, con
       if (x > m) {
         s = s * __expf(m - x) + 1.f;
         m = x;
-      } else {
+      } else if (x != -INFINITY) {  // -inf adds nothing (and -inf - -inf would be NaN)
         s += __expf(x - m);
       }
     }

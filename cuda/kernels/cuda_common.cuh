@@ -18,7 +18,14 @@ void check(cudaError_t err, const char* what, int device);
 void check_launch(const char* kernel, int device);
 bool device_poisoned(int device, std::string* why);
 
-inline cudaStream_t stream_of(const Context& ctx) { return static_cast<cudaStream_t>(ctx.stream()); }
+// The session stream, with the calling thread's current device made the session's (a launch into
+// a stream of another device fails; a session queue thread on cuda:N may launch before anything
+// else set its device). cudaGetDevice is a thread-local read in the runtime.
+inline cudaStream_t stream_of(const Context& ctx) {
+  int cur = -1;
+  if (cudaGetDevice(&cur) != cudaSuccess || cur != ctx.device().index) cudaSetDevice(ctx.device().index);
+  return static_cast<cudaStream_t>(ctx.stream());
+}
 inline int device_of(const Context& ctx) { return ctx.device().index; }
 
 inline unsigned blocks_for(long long n, int threads, unsigned cap = 65535u * 8u) {

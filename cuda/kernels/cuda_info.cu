@@ -26,6 +26,11 @@ CudaInfo cuda_info(bool probe_cublaslt) {
     info.reason = "no CUDA devices";
     return info;
   }
+  // Free memory needs a context on each device (cudaMemGetInfo), so only the full probe (doctor)
+  // asks for it; a plain device lookup (every session open, one per data-parallel rank) must not
+  // create contexts on the other ranks' GPUs (exclusive-process mode refuses them).
+  int prev = -1;
+  if (probe_cublaslt) cudaGetDevice(&prev);
   for (int i = 0; i < count; ++i) {
     cudaDeviceProp p;
     if (cudaGetDeviceProperties(&p, i) != cudaSuccess) continue;
@@ -36,10 +41,12 @@ CudaInfo cuda_info(bool probe_cublaslt) {
     d.cc_major = p.major;
     d.cc_minor = p.minor;
     d.multiprocessors = p.multiProcessorCount;
-    if (cudaSetDevice(i) == cudaSuccess) cudaMemGetInfo(&d.free_memory, &d.total_memory);
+    if (probe_cublaslt && cudaSetDevice(i) == cudaSuccess) cudaMemGetInfo(&d.free_memory, &d.total_memory);
     cudaGetLastError();
     info.devices.push_back(d);
   }
+  if (prev >= 0) cudaSetDevice(prev);
+  cudaGetLastError();
   info.available = !info.devices.empty();
   if (probe_cublaslt && info.available) {
     const auto& api = cuda::cublaslt();

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
 #include <tuple>
 #include "cublaslt_loader.h"
@@ -31,6 +32,7 @@ std::mutex g_mu;
 std::map<int, cublasLtHandle_t> g_handles;
 using AlgoKey = std::tuple<int, int64_t, int64_t, int64_t, int, int, int, int, int, int>;
 std::map<AlgoKey, cublasLtMatmulAlgo_t> g_algos;
+std::set<AlgoKey> g_refused;  // no algorithm offered / matmul refused: our kernels, no new heuristic query
 
 cublasLtHandle_t handle_for(int device) {
   std::lock_guard<std::mutex> g(g_mu);
@@ -106,12 +108,16 @@ bool cublaslt_gemm(Context& ctx, const GemmArgs& g, const GemmDims& d) {
 
   const uint32_t al_a = alignment_of(g.b.raw()), al_b = alignment_of(g.a.raw()), al_c = alignment_of(g.c.raw());
   const uint32_t al_bias = bias_kind ? alignment_of(g.bias.raw()) : 256;
+  // The bias epilogue reads the vector with wide loads (misaligned-address errors, which are sticky,
+  // are reported for biases below 16 bytes of alignment): such a bias goes to our kernels.
+  if (al_bias < 16) return false;
   const AlgoKey key{device, d.m, d.n, d.k, g.trans_a * 2 + g.trans_b, in16 * 2 + out16, bias_kind,
                     int(al_a), int(al_b), int(std::min(al_c, al_bias))};
   cublasLtMatmulAlgo_t algo;
   bool have = false;
   {
     std::lock_guard<std::mutex> lk(g_mu);
+    if (g_refused.count(key)) return false;
     auto it = g_algos.find(key);
     if (it != g_algos.end()) algo = it->second, have = true;
   }
@@ -125,8 +131,12 @@ bool cublaslt_gemm(Context& ctx, const GemmArgs& g, const GemmDims& d) {
     api.MatmulPreferenceSetAttribute(ds.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof al_c);
     cublasLtMatmulHeuristicResult_t res{};
     int found = 0;
-    if (!ok(api.MatmulAlgoGetHeuristic(h, ds.op, ds.la, ds.lb, ds.lc, ds.lc, ds.pref, 1, &res, &found)) || found < 1)
+    if (!ok(api.MatmulAlgoGetHeuristic(h, ds.op, ds.la, ds.lb, ds.lc, ds.lc, ds.pref, 1, &res, &found)) || found < 1 ||
+        res.state != CUBLAS_STATUS_SUCCESS) {
+      std::lock_guard<std::mutex> lk(g_mu);
+      g_refused.insert(key);
       return false;
+    }
     algo = res.algo;
     std::lock_guard<std::mutex> lk(g_mu);
     g_algos[key] = algo;
@@ -141,6 +151,7 @@ bool cublaslt_gemm(Context& ctx, const GemmArgs& g, const GemmDims& d) {
     // algorithm and let gemm.cu run its own kernels.
     std::lock_guard<std::mutex> lk(g_mu);
     g_algos.erase(key);
+    g_refused.insert(key);
     return false;
   }
   QN_CHECK(st == CUBLAS_STATUS_SUCCESS, Cuda,

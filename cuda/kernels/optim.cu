@@ -17,6 +17,7 @@
 #include <atomic>
 #include <cfloat>
 #include <memory>
+#include <unistd.h>
 #include "cuda_common.cuh"
 #include "qn/memory_stats.h"
 #include "qn/ops/optim.h"
@@ -293,12 +294,23 @@ class ManagedContext final : public Context {
     check_usable();
     const int index = device().index;
     check(cudaSetDevice(index), "cudaSetDevice", index);
+    // Managed memory may exceed what the device has free (pages spill to the host, which is the
+    // point of paging), but not the device and the host together. Blocks cached by the session's
+    // stream-ordered pool count as free: hand them back to the driver first.
+    cudaMemPool_t pool = nullptr;
+    if (cudaDeviceGetDefaultMemPool(&pool, index) == cudaSuccess) {
+      cudaStreamSynchronize(static_cast<cudaStream_t>(dev_->stream()));
+      cudaMemPoolTrimTo(pool, 0);
+    }
+    cudaGetLastError();
     size_t free_b = 0, total_b = 0;
     check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo", index);
-    if (bytes > free_b)
+    const long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    const size_t host_b = pages > 0 && page > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page) : 0;
+    if (bytes > free_b + host_b)
       fail(ErrorCode::Oom, "paged optimizer state: asked for " + std::to_string(bytes) + " bytes of managed memory, but only " +
-                               std::to_string(free_b) + " of " + std::to_string(total_b) + " bytes are free on cuda:" +
-                               std::to_string(index) + "; use a smaller LoRA rank or a non-paged optimizer");
+                               std::to_string(free_b) + " bytes are free on cuda:" + std::to_string(index) + " and " +
+                               std::to_string(host_b) + " in host memory; use a smaller LoRA rank or the 8-bit optimizer");
     void* p = nullptr;
     check(cudaMallocManaged(&p, bytes ? bytes : 1, cudaMemAttachGlobal), "cudaMallocManaged", index);
     memory_on_alloc(device(), bytes);

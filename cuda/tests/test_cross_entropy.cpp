@@ -208,3 +208,24 @@ QN_TEST(cross_entropy_rejects_bad_args) {
   EXPECT_THROWS_CODE(cross_entropy(*ctx, CrossEntropyArgs{Tensor::empty(ctx, DType::F16, {4, 10}), y, ls, c}), DType);
   if (testing_cuda()) EXPECT_THROWS_CODE(cross_entropy(*ctx, CrossEntropyArgs{z, y, Tensor::empty(cpu_ctx(), DType::F32, {1}), c}), Device);
 }
+
+QN_TEST(cross_entropy_masked_logits) {
+  // -inf logits (token ids masked out, legal input to torch's cross_entropy) add nothing: a row
+  // whose first 1500 columns are -inf (every thread of a CUDA block starts on -inf) gives the
+  // finite loss of the remaining columns and exact zeros in their dlogits.
+  const int64_t n = 4, v = 2000;
+  auto z = random_floats(n * v, -4, 4, 21);
+  auto y = make_labels(n, v, 22);
+  for (int64_t j = 0; j < 1500; ++j) z[1 * v + j] = -INFINITY;
+  for (int64_t j = 0; j < v; j += 3) z[2 * v + j] = -INFINITY;
+  y[1] = 1700;
+  y[2] = 1;
+  Ref r = reference(z, y, n, v, 0.5);
+  Out o = run(test_ctx(), DType::F32, z, y, n, v, 0.5f);
+  EXPECT_TRUE(std::isfinite(o.loss));
+  EXPECT_TRUE(std::fabs(o.loss - r.loss) <= 1e-5 * (1 + std::fabs(r.loss)));
+  all_close(o.row_loss, to_f(r.row_loss), 1e-5f, 2e-6f, "cross_entropy masked row loss");
+  all_close(o.grad, to_f(r.grad), 1e-5f, 1e-8f, "cross_entropy masked dlogits");
+  for (int64_t j = 0; j < 1500; ++j)
+    if (o.grad[1 * v + j] != 0.f) { EXPECT_TRUE(false); break; }
+}

@@ -162,7 +162,7 @@ QN_TEST(optim_state_create_zeroed) {
   for (double x : decode8(s8.m, s8.absmax_m, maps.s)) EXPECT_TRUE(x == 0.0);
   EXPECT_THROWS_CODE(optim_state_create(ctx, -1, OptimKind::AdamW32), Arg);
   if (testing_cuda()) {
-    // More managed memory than any card has free: refused before asking the driver.
+    // More managed memory than the device and the host have together: refused before asking the driver.
     EXPECT_THROWS_CODE(optim_state_create(ctx, (int64_t)1 << 40, OptimKind::AdamW32, true), Oom);
   }
 }

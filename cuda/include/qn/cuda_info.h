@@ -11,7 +11,7 @@ struct CudaDeviceInfo {
   int index = 0;
   std::string name;
   size_t total_memory = 0;
-  size_t free_memory = 0;
+  size_t free_memory = 0;  // only with the full probe (cuda_info(true)); 0 otherwise
   int cc_major = 0;
   int cc_minor = 0;
   int multiprocessors = 0;
@@ -32,7 +32,8 @@ struct CudaInfo {
   int cublaslt_version = 0;
 };
 
-// probe_cublaslt: also try to dlopen cuBLASLt (only meaningful when a GPU is present).
+// probe_cublaslt: the full probe (doctor): also dlopen cuBLASLt and read each device's free memory
+// (which creates a context on every device); false: names and sizes only, no context.
 CudaInfo cuda_info(bool probe_cublaslt);
 
 }  // namespace qn

@@ -24,8 +24,8 @@
 // DTypes: q, k, v, out, dout, dq, dk, dv all f32 or all bf16. Scores, softmax, lse, accumulators
 // f32; P is rounded to bf16 for the P V product on the GPU bf16 path (as FlashAttention does).
 // Head dims: CPU any D >= 1; CUDA D in {16, 32, 64, 80, 96, 128} (E_ARG otherwise).
-// scale = 0 means 1/sqrt(D). CUDA backward allocates f32 workspaces (delta [B,Hq,T], and an f32 dq
-// accumulator when dq is bf16) from the session's stream-ordered allocator.
+// scale = 0 means 1/sqrt(D). CUDA backward allocates f32 workspaces (delta [B,Hq,T], and for bf16
+// with GQA per-q-head dk / dv partials [B,T,Hq,D] each) from the session's stream-ordered allocator.
 #pragma once
 #include "qn/op.h"
 

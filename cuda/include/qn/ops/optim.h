@@ -47,7 +47,8 @@ struct OptimState {
 
 // Allocates and zero-fills a state for n parameters on ctx's device. paged is honoured on CUDA
 // only (ignored on CPU). Throws E_OOM when the managed allocation would exceed the free device
-// memory (cudaMemGetInfo), E_ARG for n < 0.
+// memory (cudaMemGetInfo, after trimming the stream-ordered pool) plus the available host memory
+// (it may exceed the device's alone: pages spill to the host), E_ARG for n < 0.
 OptimState optim_state_create(const std::shared_ptr<Context>& ctx, int64_t n, OptimKind kind, bool paged = false);
 
 // bitsandbytes' create_dynamic_map(signed, max_exponent_bits=7, total_bits=8): 256 sorted f32
@@ -204,7 +205,7 @@ QN_OPTIM_HD uint8_t quantize_v(const float* umid, float v, float absmax) {
 
 #ifdef QN_WITH_CUDA
 namespace cuda {
-// A Context that allocates managed memory (cudaMallocManaged, after checking cudaMemGetInfo) and
+// A Context that allocates managed memory (cudaMallocManaged, after checking device + host free) and
 // forwards copies, stream and usability checks to `device_ctx`.
 std::shared_ptr<Context> managed_context(const std::shared_ptr<Context>& device_ctx);
 }  // namespace cuda
