@@ -61,6 +61,10 @@ test("the bench parser reads GB/s, TFLOP/s and error columns", async () => {
   assert.deepEqual([rows[2].gbs, rows[2].fractionOfCopy, rows[2].maxError], [41.9, 1, undefined]);
   const p = parsePeak("peak on cpu, 2 CPU threads: f32 107.0 GFLOP/s, bf16 156.5 GFLOP/s (in-register loop), gemm bf16 128.2 GFLOP/s (1024x2048x2048)");
   assert.deepEqual([p.f32, p.bf16, Math.round(p.gemm / 1e8)], [107e9, 156.5e9, 1282]);
+  assert.equal(p.datasheet, undefined);
+  // A GPU qn_bench knows: its datasheet rate is the MFU peak of `bench e2e`.
+  const g = parsePeak("peak on cuda:0, 16 CPU threads: f32 0.0 GFLOP/s, bf16 0.0 GFLOP/s (in-register loop), gemm bf16 701234.5 GFLOP/s (8192^3); datasheet bf16 989400.0 GFLOP/s (NVIDIA H200)");
+  assert.deepEqual([g.gemm, g.datasheet, g.gpu], [701234.5e9, 989400e9, "NVIDIA H200"]);
 });
 
 test("bench rejects unknown kernels", () => {

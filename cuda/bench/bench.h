@@ -64,6 +64,10 @@ double gemm_rate_bf16(const std::shared_ptr<qn::Context>& ctx);
 // FLOP/s of an in-register vdpbf16ps loop on every pool thread (the f32 FMA loop where the CPU has
 // no avx512_bf16; 0 off x86-64): the CPU's bf16 peak (bench_gemm.cpp).
 double cpu_peak_bf16();
+// The GPU's name ("" on the CPU) and its datasheet dense bf16 tensor-core rate in FLOP/s (0 when
+// the name is not in the table in bench_main.cpp, and on the CPU): the peak of a GPU's MFU.
+std::string device_name(const qn::Context& ctx);
+double datasheet_bf16_flops(const qn::Context& ctx);
 
 // ---- reference checks ------------------------------------------------------------------------
 // The CPU session the checks run their reference on (one per process).

@@ -321,8 +321,11 @@ QN_BENCH(peak) {
 #endif
   }
   const double g = qnbench::gemm_rate_bf16(ctx) / 1e9;
-  std::printf("peak on %s, %d CPU threads: f32 %.1f GFLOP/s, bf16 %.1f GFLOP/s (in-register loop), gemm bf16 %.1f GFLOP/s (%s)\n",
+  std::printf("peak on %s, %d CPU threads: f32 %.1f GFLOP/s, bf16 %.1f GFLOP/s (in-register loop), gemm bf16 %.1f GFLOP/s (%s)",
               ctx->device().str().c_str(), qn::num_threads(), cuda ? 0.0 : peak32, cuda ? 0.0 : peak16, g,
               cuda ? "8192^3" : "1024x2048x2048");
+  const double sheet = qnbench::datasheet_bf16_flops(*ctx);
+  if (sheet > 0) std::printf("; datasheet bf16 %.1f GFLOP/s (%s)", sheet / 1e9, qnbench::device_name(*ctx).c_str());
+  std::printf("\n");
   return 0;
 }

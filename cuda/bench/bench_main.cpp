@@ -170,6 +170,32 @@ double copy_bandwidth(const std::shared_ptr<qn::Context>& ctx, size_t bytes, int
   return 2.0 * static_cast<double>(bytes) / time_best(*ctx, reps, iters, copy);
 }
 
+std::string device_name(const qn::Context& ctx) {
+#ifdef QN_WITH_CUDA
+  if (ctx.device().type == qn::DeviceType::CUDA) {
+    cudaDeviceProp p;
+    if (cudaGetDeviceProperties(&p, ctx.device().index) == cudaSuccess) return p.name;
+  }
+#endif
+  (void)ctx;
+  return "";
+}
+
+double datasheet_bf16_flops(const qn::Context& ctx) {
+  struct Known {
+    const char* key;
+    double tflops;
+  };
+  // Dense bf16 tensor-core TFLOP/s from NVIDIA's datasheets (no sparsity); first match wins.
+  const Known k[] = {{"H200 NVL", 835.5}, {"H200", 989.4}, {"H100 NVL", 835.5}, {"H100 PCIe", 756.5}, {"H100", 989.4},
+                     {"A100", 312.0},     {"L40S", 362.1}, {"4090", 165.2}};
+  const std::string name = device_name(ctx);
+  if (name.empty()) return 0;
+  for (const auto& e : k)
+    if (name.find(e.key) != std::string::npos) return e.tflops * 1e12;
+  return 0;
+}
+
 static std::string full_note(const Row& r) {
   std::string n = r.checked ? err_note(r.err) : "";
   if (!r.note.empty()) n += (n.empty() ? "" : "; ") + r.note;

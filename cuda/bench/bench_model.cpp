@@ -29,9 +29,6 @@
 #include "qn/half.h"
 #include "qn/memory_stats.h"
 #include "qn/parallel.h"
-#ifdef QN_WITH_CUDA
-#include <cuda_runtime.h>
-#endif
 
 namespace {
 
@@ -64,30 +61,6 @@ double flops_per_token(const Preset& p, int64_t T, int64_t r) {
   }
   const double fwd = 2 * L * params + 2 * L * q * (T + 1) + 2 * H * p.vocab;
   return 2 * fwd + L * lora;
-}
-
-// Datasheet dense bf16 tensor-core rates (no sparsity), by device name; 0 when unknown.
-double datasheet_bf16_flops(const std::string& name) {
-  struct Known {
-    const char* key;
-    double tflops;
-  };
-  // H100 / H200 SXM: 989.4; H100 PCIe: 756; A100: 312; L40S: 362; RTX 4090: 165.2.
-  const Known k[] = {{"H200", 989.4}, {"H100 PCIe", 756.0}, {"H100", 989.4}, {"A100", 312.0}, {"L40S", 362.0}, {"4090", 165.2}};
-  for (const auto& e : k)
-    if (name.find(e.key) != std::string::npos) return e.tflops * 1e12;
-  return 0;
-}
-
-std::string device_name(const qn::Context& ctx) {
-#ifdef QN_WITH_CUDA
-  if (ctx.device().type == qn::DeviceType::CUDA) {
-    cudaDeviceProp p;
-    if (cudaGetDeviceProperties(&p, ctx.device().index) == cudaSuccess) return p.name;
-  }
-#endif
-  (void)ctx;
-  return "";
 }
 
 // Random bf16 weights, fast: one pool of U(-a, a) values (std 0.02, as transformers'
@@ -167,7 +140,7 @@ QN_BENCH_EXPLICIT(model) {
   c.lora.alpha = 2.0 * r;
   c.lora.targets = 0x7f;
   c.lora.seed = 1;
-  const std::string dev = ctx->device().str() + (cuda ? " (" + device_name(*ctx) + ")" : "");
+  const std::string dev = ctx->device().str() + (cuda ? " (" + qnbench::device_name(*ctx) + ")" : "");
   std::printf("model bench on %s: %s, batch %lld x %lld, NF4 (64, double quant) + LoRA r=%lld on all 7 modules, %s compute, "
               "%s, gradient checkpointing %s, %d threads\n",
               dev.c_str(), p->name, (long long)B, (long long)T, (long long)r, compute.c_str(),
@@ -225,7 +198,7 @@ QN_BENCH_EXPLICIT(model) {
   const double tokens = static_cast<double>(B * T), tps = tokens / med, best = tokens / times.front();
   const double fpt = flops_per_token(*p, T, r), rate = tps * fpt;
   const double gemm = qnbench::gemm_rate_bf16(ctx);
-  const double peak = cuda ? datasheet_bf16_flops(device_name(*ctx)) : qnbench::cpu_peak_bf16();
+  const double peak = cuda ? qnbench::datasheet_bf16_flops(*ctx) : qnbench::cpu_peak_bf16();
   const double MB = 1024.0 * 1024.0;
   char mfu[96] = "n/a (unknown GPU)";
   if (peak > 0)

@@ -379,8 +379,8 @@ bool disabled_by_env() {
 
 bool aligned16(const void* ptr) { return ptr == nullptr || (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
 
-// True when the device runs bf16 WMMA (sm_80+), the kernel was compiled for it, and it grants `bytes` of dynamic shared memory to the
-// kernel (raising its limit when above the default 48 KB).
+// True when the device runs bf16 WMMA (sm_80+), the kernel was compiled for it, and it grants
+// `bytes` of dynamic shared memory to the kernel (raising its limit when above the default 48 KB).
 template <typename K>
 bool prepare(K kernel, size_t bytes, int device) {
   int major = 0, optin = 0;
@@ -414,7 +414,8 @@ bool usable(const Params& p, std::initializer_list<const void*> ptrs) {
   if (disabled_by_env()) return false;
   for (const void* ptr : ptrs)
     if (!aligned16(ptr)) return false;
-  return p.t > 0 && p.b > 0 && p.hq > 0;
+  // gridDim.y holds the tiles (<= 65535: T up to 4M); the CUDA-core kernels take longer T.
+  return p.t > 0 && p.b > 0 && p.hq > 0 && (p.t + kTile - 1) / kTile <= 65535;
 }
 
 }  // namespace

@@ -92,9 +92,14 @@ export function parseBenchOutput(kernel: string, text: string): BenchRow[] {
 }
 
 /** The peak FLOP/s line of `qn_bench --filter peak`. */
-export function parsePeak(text: string): { f32: number; bf16: number; gemm: number } | undefined {
+export function parsePeak(text: string): { f32: number; bf16: number; gemm: number; datasheet?: number; gpu?: string } | undefined {
   const m = /f32 ([\d.]+) GFLOP\/s, bf16 ([\d.]+) GFLOP\/s \(in-register loop\), gemm bf16 ([\d.]+) GFLOP\/s/.exec(text);
-  return m ? { f32: Number(m[1]) * 1e9, bf16: Number(m[2]) * 1e9, gemm: Number(m[3]) * 1e9 } : undefined;
+  if (!m) return undefined;
+  const sheet = /datasheet bf16 ([\d.]+) GFLOP\/s \(([^)]*)\)/.exec(text);
+  return {
+    f32: Number(m[1]) * 1e9, bf16: Number(m[2]) * 1e9, gemm: Number(m[3]) * 1e9,
+    ...(sheet ? { datasheet: Number(sheet[1]) * 1e9, gpu: sheet[2] } : {}),
+  };
 }
 
 export const benchCommand: CommandModule<object, BenchArgs> = {
@@ -142,9 +147,12 @@ async function e2eRow(exe: string, argv: BenchArgs, log: (s: string) => void): P
   const p = spawnSync(exe, ["--device", argv.device, "--filter", "peak"], { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] });
   const peak = parsePeak(p.stdout ?? "");
   if (p.status !== 0 || !peak) throw new QloraError("E_INTERNAL", "qn_bench --filter peak failed");
-  // The CPU: the in-register bf16 dot-product loop on every thread; CUDA: our bf16 GEMM at 8192^3.
-  const peakFlops = cuda ? peak.gemm : peak.bf16;
-  const peakSource = cuda ? "bf16 GEMM 8192^3 measured in this run" : "bf16 in-register dot-product loop, all threads, measured in this run";
+  // The CPU: the in-register bf16 dot-product loop on every thread; CUDA: the GPU's datasheet dense
+  // bf16 rate when qn_bench knows the GPU, else our bf16 GEMM at 8192^3 measured in this run.
+  const peakFlops = cuda ? peak.datasheet ?? peak.gemm : peak.bf16;
+  const peakSource = cuda
+    ? peak.datasheet ? `datasheet dense bf16 of the ${peak.gpu}` : "bf16 GEMM 8192^3 measured in this run (GPU not in the datasheet table)"
+    : "bf16 in-register dot-product loop, all threads, measured in this run";
   const r = await runE2e({ shape, device: argv.device, seq: argv.seq, batch: argv.batch, steps: argv.steps, log });
   const mfu = r.modelFlopsPerSecond / peakFlops;
   const ms = (r.tokensPerStep / r.tokensPerSecond) * 1e3;
