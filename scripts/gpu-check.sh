@@ -48,6 +48,15 @@ if [ -x ./build-gpu/qn_bench ]; then
     rc=${PIPESTATUS[0]}
     log "model bench ($cfg) rc=$rc: $(grep -E '^  (tokens/s|MFU|memory)' "$out/bench-model-cuda.txt" | tail -3 | tr -s ' ' | tr '\n' ';')"
   done
+  # The peer on the same shape, batch and step (transformers + PEFT [+ bitsandbytes NF4] when
+  # installed, else the plain-torch Qwen2 of bench/peer_torch_train.py), and the ratio.
+  if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+    timeout "$(lim 120)" python3 bench/peer_torch_train.py --device cuda --preset qwen2.5-3b --batch 1 --seq 2048 \
+      >"$out/peer-cuda.json" 2>"$out/peer-cuda.err"
+    rc=$?
+    ours=$(grep -m1 -E '^  tokens/s: ' "$out/bench-model-cuda.txt" | awk '{print $2}')
+    log "peer rc=$rc: $(python3 -c "import json,sys; p=json.load(open(sys.argv[1])); o=float(sys.argv[2] or 'nan'); print(f\"{p['peer']} {p['tokens_per_s']:.1f} tok/s, peak {p['peak_memory_bytes']/2**20:.0f} MB; ours {o:.1f} tok/s = {o/p['tokens_per_s']:.2f}x\")" "$out/peer-cuda.json" "$ours" 2>&1 | tail -1)"
+  fi
 fi
 if command -v node >/dev/null && [ -d node_modules ]; then
   QN_TEST_DEVICE=cuda timeout "$(lim 300)" node --test --test-concurrency=1 test/ 2>&1 | tail -15 | tee "$out/tests-js.txt"
