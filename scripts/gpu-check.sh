@@ -34,30 +34,32 @@ log "build rc=$build_rc ($(( $(date +%s) - t0 ))s)"
 # eat a short device lease; rc 124 in the summary means "timed out".
 scale=${QN_GPU_CHECK_SCALE:-1}
 lim() { echo $(( $1 * scale )); }
-timeout "$(lim 180)" ./build-gpu/qn_tests --device cuda 2>&1 | tee "$out/tests-cuda.txt"
+timeout "$(lim 150)" ./build-gpu/qn_tests --device cuda 2>&1 | tee "$out/tests-cuda.txt"
 tests_rc=${PIPESTATUS[0]}
 log "op suite on CUDA: $(tail -1 "$out/tests-cuda.txt") (rc=$tests_rc)"
-if [ -x ./build-gpu/qn_bench ]; then
-  timeout "$(lim 150)" ./build-gpu/qn_bench --device cuda 2>&1 | tee "$out/bench-cuda.txt"
-  rc=${PIPESTATUS[0]}
-  log "kernel benchmarks rc=$rc: see bench-cuda.txt"
-  # Whole-model training steps at the Qwen2.5-3B shape (issue 4's MFU and peak-memory goal).
-  for cfg in "--batch 1 --seq 2048" "--batch 4 --seq 2048 --ckpt 1" "--batch 1 --seq 2048 --optim paged"; do
-    # shellcheck disable=SC2086
-    timeout "$(lim 75)" ./build-gpu/qn_bench --device cuda --filter model --preset qwen2.5-3b $cfg 2>&1 | tee -a "$out/bench-model-cuda.txt"
-    rc=${PIPESTATUS[0]}
-    log "model bench ($cfg) rc=$rc: $(grep -E '^  (tokens/s|MFU|memory)' "$out/bench-model-cuda.txt" | tail -3 | tr -s ' ' | tr '\n' ';')"
-  done
-  # The peer on the same shape, batch and step (transformers + PEFT [+ bitsandbytes NF4] when
-  # installed, else the plain-torch Qwen2 of bench/peer_torch_train.py), and the ratio.
-  if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
-    timeout "$(lim 120)" python3 bench/peer_torch_train.py --device cuda --preset qwen2.5-3b --batch 1 --seq 2048 \
-      >"$out/peer-cuda.json" 2>"$out/peer-cuda.err"
-    rc=$?
-    ours=$(grep -m1 -E '^  tokens/s: ' "$out/bench-model-cuda.txt" | awk '{print $2}')
-    log "peer rc=$rc: $(python3 -c "import json,sys; p=json.load(open(sys.argv[1])); o=float(sys.argv[2] or 'nan'); print(f\"{p['peer']} {p['tokens_per_s']:.1f} tok/s, peak {p['peak_memory_bytes']/2**20:.0f} MB; ours {o:.1f} tok/s = {o/p['tokens_per_s']:.2f}x\")" "$out/peer-cuda.json" "$ours" 2>&1 | tail -1)"
-  fi
+# Whole-model training steps at the Qwen2.5-3B shape (issue 4's MFU and peak-memory goal), most
+# important first: a short device lease may end before the last phases.
+model_bench() {  # $1: time limit (s), then qn_bench model options
+  local t=$1; shift
+  timeout "$(lim "$t")" ./build-gpu/qn_bench --device cuda --filter model --preset qwen2.5-3b "$@" 2>&1 | tee -a "$out/bench-model-cuda.txt"
+  local rc=${PIPESTATUS[0]}
+  log "model bench ($*) rc=$rc: $(grep -E '^  (tokens/s|MFU|memory)' "$out/bench-model-cuda.txt" | tail -3 | tr -s ' ' | tr '\n' ';')"
+}
+model_bench 60 --batch 1 --seq 2048
+# The peer on the same shape, batch and step (transformers + PEFT [+ bitsandbytes NF4] when
+# installed, else the plain-torch Qwen2 of bench/peer_torch_train.py), and the ratio.
+if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+  timeout "$(lim 90)" python3 bench/peer_torch_train.py --device cuda --preset qwen2.5-3b --batch 1 --seq 2048 \
+    >"$out/peer-cuda.json" 2>"$out/peer-cuda.err"
+  rc=$?
+  ours=$(grep -m1 -E '^  tokens/s: ' "$out/bench-model-cuda.txt" | awk '{print $2}')
+  log "peer rc=$rc: $(python3 -c "import json,sys; p=json.load(open(sys.argv[1])); o=float(sys.argv[2] or 'nan'); print(f\"{p['peer']} {p['tokens_per_s']:.1f} tok/s, peak {p['peak_memory_bytes']/2**20:.0f} MB; ours {o:.1f} tok/s = {o/p['tokens_per_s']:.2f}x\")" "$out/peer-cuda.json" "$ours" 2>&1 | tail -1)"
 fi
+timeout "$(lim 120)" ./build-gpu/qn_bench --device cuda 2>&1 | tee "$out/bench-cuda.txt"
+rc=${PIPESTATUS[0]}
+log "kernel benchmarks rc=$rc: see bench-cuda.txt"
+model_bench 60 --batch 4 --seq 2048 --ckpt 1
+model_bench 45 --batch 1 --seq 2048 --optim paged
 if command -v node >/dev/null && [ -d node_modules ]; then
   QN_TEST_DEVICE=cuda timeout "$(lim 300)" node --test --test-concurrency=1 test/ 2>&1 | tail -15 | tee "$out/tests-js.txt"
 fi
