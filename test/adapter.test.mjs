@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "n
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { test } from "node:test";
-import { readAdapter, writeAdapter, normalizeLoraKey, loraScaling } from "../dist/train/adapter.js";
+import { adapterTargets, readAdapter, writeAdapter, normalizeLoraKey, loraScaling } from "../dist/train/adapter.js";
 import { fromFloat32, SafetensorsFile, writeSafetensors } from "../dist/io/safetensors.js";
 
 const models = new URL("./fixtures/models/", import.meta.url).pathname;
@@ -135,6 +135,47 @@ test("errors: missing files, wrong peft_type, unpaired or mis-shaped weights", a
     const cfgPath = path.join(dir, "adapter_config.json");
     writeFileSync(cfgPath, JSON.stringify({ ...JSON.parse(readFileSync(cfgPath, "utf8")), peft_type: "IA3" }));
     await assert.rejects(readAdapter(dir), { code: "E_FORMAT" });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("PEFT variants that are not plain LoRA are refused by name; targets come from the tensors", async () => {
+  const dir = tmp();
+  try {
+    const base = "base_model.model.model.layers.0";
+    const A = { shape: [2, 4], data: new Float32Array(8).fill(0.5) };
+    const B = { shape: [4, 2], data: new Float32Array(8).fill(0.25) };
+    await writeAdapter(dir, {
+      loraWeights: { [`${base}.self_attn.q_proj.lora_A.weight`]: A, [`${base}.self_attn.q_proj.lora_B.weight`]: B, [`${base}.mlp.down_proj.lora_A.weight`]: A, [`${base}.mlp.down_proj.lora_B.weight`]: B },
+      config: { r: 2, alpha: 4, targets: ["self_attn.q_proj", "mlp.down_proj"] },
+    });
+    // PEFT's suffix spellings (and regexes) in target_modules: the modules come from the keys
+    assert.deepEqual(adapterTargets(await readAdapter(dir), dir), ["down_proj", "q_proj"]);
+    const cfgPath = path.join(dir, "adapter_config.json");
+    const plain = JSON.parse(readFileSync(cfgPath, "utf8"));
+    for (const [patch, what] of [
+      [{ use_dora: true }, /use_dora: true/],
+      [{ bias: "lora_only" }, /bias: "lora_only"/],
+      [{ lora_bias: true }, /lora_bias: true/],
+      [{ alpha_pattern: { q_proj: 32 } }, /alpha_pattern/],
+      [{ rank_pattern: { q_proj: 8 } }, /rank_pattern/],
+      [{ modules_to_save: ["lm_head"] }, /modules_to_save/],
+    ]) {
+      writeFileSync(cfgPath, JSON.stringify({ ...plain, ...patch }));
+      await assert.rejects(readAdapter(dir), (e) => e.code === "E_FORMAT" && what.test(e.message) && /wrong results/.test(e.message), JSON.stringify(patch));
+    }
+    writeFileSync(cfgPath, JSON.stringify(plain));
+    // extra tensors (DoRA magnitudes, modules_to_save copies, embedding LoRA) are named
+    const st = path.join(dir, "adapter_model.safetensors");
+    const f = await SafetensorsFile.open(st);
+    const t = {};
+    for (const [name, info] of f.tensors) t[name] = { dtype: info.dtype, shape: info.shape, data: await f.read(name) };
+    await f.close();
+    await writeSafetensors(st, { ...t, [`${base}.self_attn.q_proj.lora_magnitude_vector`]: { dtype: "F32", shape: [4], data: fromFloat32(new Float32Array(4), "F32") } });
+    await assert.rejects(readAdapter(dir), (e) => e.code === "E_FORMAT" && /lora_magnitude_vector/.test(e.message));
+    // LoRA on the LM head: a plain LoRA pair (merge folds it), but the model cannot apply it
+    assert.throws(() => adapterTargets({ loraWeights: new Map([["base_model.model.lm_head.lora_A.weight", A]]) }, dir), (e) => e.code === "E_FORMAT" && /decoder projections only/.test(e.message));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -98,6 +98,31 @@ test("train --json writes the adapter, logs, plots and checkpoints; eval reprodu
   assert.equal(mt.tensors.get("model.layers.0.self_attn.q_proj.weight").dtype, "BF16");
   await mt.close();
   assert.ok(existsSync(path.join(merged, "tokenizer.json")));
+  const mcfg = JSON.parse(readFileSync(path.join(merged, "config.json"), "utf8"));
+  assert.equal(mcfg.torch_dtype, "bfloat16");
+  if ("dtype" in mcfg) assert.equal(mcfg.dtype, "bfloat16");
+  assert.match(readFileSync(path.join(merged, "config.json"), "utf8"), /"rope_theta": \d+\.\d/, "floats stay floats for Python");
+  // merge never deletes: an existing folder, the adapter folder itself
+  const again = run("merge", "--adapter", out, "--out", merged);
+  assert.notEqual(again.status, 0);
+  assert.match(again.stderr, /already exists and is not an empty folder/);
+  assert.ok(existsSync(path.join(merged, "model.safetensors")));
+  const self = run("merge", "--adapter", out, "--out", out);
+  assert.notEqual(self.status, 0);
+  assert.match(self.stderr, /--out must differ from --adapter/);
+  assert.ok(existsSync(path.join(out, "adapter_model.safetensors")) && existsSync(path.join(out, "trainer_state.json")));
+
+  // continue training from the adapter (not a checkpoint): its weights start the run, so the
+  // step-0 evaluation is the first run's final one
+  const wrong = run("train", "--config", writeConfig("c", path.join(work, "run-c")), "--resume", out);
+  assert.notEqual(wrong.status, 0);
+  assert.match(wrong.stderr, /adapter folder, not a training checkpoint.*train --adapter/);
+  const outD = path.join(work, "run-d");
+  const rd = run("train", "--config", writeConfig("d", outD), "--adapter", out, "--set", "training.max_steps=2", "--json");
+  assert.equal(rd.status, 0, rd.stderr);
+  const sd = JSON.parse(rd.stdout.trim().split("\n").pop());
+  assert.ok(Math.abs(sd.eval_loss_before - s.eval_loss) < 1e-6, `${sd.eval_loss_before} vs ${s.eval_loss}`);
+  assert.equal(sd.global_step, 2);
 });
 
 test("Ctrl-C during training saves a loadable checkpoint and exits 130", async () => {

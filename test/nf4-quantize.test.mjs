@@ -65,6 +65,14 @@ test("quantizing the tiny Qwen2 model reproduces the transformers/bitsandbytes c
   const cfg = JSON.parse(readFileSync(join(out, "config.json"), "utf8"));
   const refCfg = JSON.parse(readFileSync(join(MODEL, "nf4", "config.json"), "utf8"));
   assert.deepEqual(cfg.quantization_config, refCfg.quantization_config);
+  // as text too: transformers' BitsAndBytesConfig rejects an int llm_int8_threshold ("6" instead of
+  // "6.0": JSON.parse cannot tell them apart)
+  const cfgText = readFileSync(join(out, "config.json"), "utf8");
+  assert.match(cfgText, /"llm_int8_threshold": 6\.0,/);
+  for (const key of ["rope_theta", "rms_norm_eps"]) {
+    const m = new RegExp(`"${key}": ([^,\n]+)`).exec(cfgText);
+    if (m && Number.isInteger(Number(m[1]))) assert.match(m[1], /\./, `${key} stays a float`);
+  }
   assert.equal(cfg.hidden_size, 64);
   await ours.close();
   await ref.close();

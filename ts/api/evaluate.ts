@@ -6,7 +6,7 @@ import { buildExampleSets } from "../data/loader.js";
 import { prepareDataset } from "../data/prepare.js";
 import { resolveDevice } from "../device.js";
 import { QloraError } from "../errors.js";
-import { readAdapter } from "../train/adapter.js";
+import { adapterTargets, readAdapter } from "../train/adapter.js";
 import { evaluateExamples, type EvalResult } from "../train/evaluate.js";
 import { openModelFor } from "./train.js";
 
@@ -29,7 +29,7 @@ export async function evaluate(options: EvaluateOptions = {}): Promise<EvalResul
   if (options.adapter) {
     adapter = await readAdapter(options.adapter);
     const c = adapter.config;
-    const targets = typeof c.target_modules === "string" ? "all-linear" : c.target_modules;
+    const targets = adapterTargets(adapter, options.adapter);
     // The adapter's own shape decides the LoRA layout the model is built with.
     config = { ...config, lora: { ...config.lora, r: c.r, alpha: c.lora_alpha, dropout: 0, use_rslora: c.use_rslora, target_modules: targets as ResolvedConfig["lora"]["target_modules"] } };
   }

@@ -3,10 +3,11 @@
 // without PEFT. The base may be dense (bf16/f16/f32) or bnb 4-bit (dequantized first). Streams
 // tensor by tensor; the output folder appears atomically (temp folder, then rename).
 import { existsSync } from "node:fs";
-import { copyFile, mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rename, rm, rmdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { resolveModelPath } from "../config/resolve-model.js";
 import { QloraError } from "../errors.js";
+import { checkNewOutputFolder, copyNonWeightFiles, hfConfigJson } from "../io/hf-files.js";
 import { Checkpoint, fromFloat32, SafetensorsWriter, toFloat32, type StEntry } from "../io/safetensors.js";
 import { native } from "../native.js";
 import { dequantizeNf4Host, isBnbAuxiliary, readNf4Weight } from "../nf4/bnb.js";
@@ -18,6 +19,9 @@ export interface MergeOptions {
   /** base model folder or hub id (defaults to the adapter's base_model_name_or_path) */
   model?: string;
   adapter: string;
+  /** hub revision of a hub-id base (defaults to the adapter's `revision`, else "main") */
+  revision?: string;
+  /** a new or empty folder (never one of the inputs) */
   out: string;
   onInfo?(line: string): void;
 }
@@ -27,8 +31,6 @@ export interface MergeResult {
   mergedTensors: number;
   scale: number;
 }
-
-const TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "generation_config.json"];
 
 /** PEFT key "base_model.model.<P>.lora_A.weight" -> base weight name "<P>.weight". */
 function baseNameOf(peftKey: string): { base: string; which: "A" | "B" } {
@@ -42,7 +44,12 @@ export async function merge(options: MergeOptions): Promise<MergeResult> {
   const adapter = await readAdapter(options.adapter);
   const modelRef = options.model ?? adapter.config.base_model_name_or_path;
   if (!modelRef) throw new QloraError("E_ARG", `merge: give --model (the adapter in ${options.adapter} does not name its base model)`);
-  const modelDir = resolveModelPath(modelRef, "main");
+  const revision = options.revision ?? (typeof adapter.config.revision === "string" ? adapter.config.revision : "main");
+  const modelDir = resolveModelPath(modelRef, revision);
+  checkNewOutputFolder(options.out, [
+    { label: "--model", dir: modelDir },
+    { label: "--adapter", dir: options.adapter },
+  ]);
   const scale = loraScaling(adapter.config);
   const pairs = new Map<string, { A?: LoraWeight; B?: LoraWeight }>();
   for (const [key, w] of adapter.loraWeights) {
@@ -74,7 +81,7 @@ export async function merge(options: MergeOptions): Promise<MergeResult> {
       }
     }
     await rm(tmp, { recursive: true, force: true });
-    await mkdir(tmp, { recursive: true });
+    await mkdir(tmp, { recursive: true }); // and out's parent folders
     const writer = await SafetensorsWriter.create(path.join(tmp, "model.safetensors"), entries, { format: "pt" });
     let merged = 0;
     try {
@@ -110,10 +117,12 @@ export async function merge(options: MergeOptions): Promise<MergeResult> {
     }
     const cfg = JSON.parse(await readFile(path.join(modelDir, "config.json"), "utf8")) as Record<string, unknown>;
     delete cfg.quantization_config;
+    // transformers 4 reads torch_dtype, 5 reads dtype: both say what the weights now are.
     cfg.torch_dtype = "bfloat16";
-    await writeFile(path.join(tmp, "config.json"), JSON.stringify(cfg, null, 2) + "\n");
-    for (const f of TOKENIZER_FILES) if (existsSync(path.join(modelDir, f))) await copyFile(path.join(modelDir, f), path.join(tmp, f));
-    await rm(out, { recursive: true, force: true });
+    if ("dtype" in cfg) cfg.dtype = "bfloat16";
+    await writeFile(path.join(tmp, "config.json"), hfConfigJson(cfg));
+    await copyNonWeightFiles(modelDir, tmp); // tokenizer files, chat template, generation config, ...
+    if (existsSync(out)) await rmdir(out); // empty (checked above)
     await rename(tmp, out);
     info(`merged ${merged} LoRA pairs (scale ${scale}) into ${out}`);
     return { out, mergedTensors: merged, scale };

@@ -11,11 +11,12 @@ import type { ResolvedConfig } from "../config/types.js";
 import { buildExampleSets, TrainLoader } from "../data/loader.js";
 import { prepareDataset } from "../data/prepare.js";
 import { resolveDevice } from "../device.js";
+import { QloraError } from "../errors.js";
 import { initWorld, launcherRanks, rankDevice, threadsPerRank } from "../dist.js";
 import { loadModel, type LoraTarget, type QwenModel } from "../model/index.js";
 import { native } from "../native.js";
 import { writePlots } from "../report/index.js";
-import { writeAdapter } from "../train/adapter.js";
+import { adapterTargets, readAdapter, writeAdapter } from "../train/adapter.js";
 import { findLatestCheckpoint, loadCheckpoint, saveCheckpoint } from "../train/checkpoint.js";
 import { evaluateExamples, type EvalResult } from "../train/evaluate.js";
 import { runTrainingLoop, totalStepsFor, type LoopState } from "../train/loop.js";
@@ -52,7 +53,9 @@ export interface TrainResult {
 export function loraConfigFor(config: ResolvedConfig, baseModel: string) {
   const l = config.lora;
   const targets = l.target_modules === "all-linear" ? ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] : [...l.target_modules];
-  return { r: l.r, alpha: l.alpha, dropout: l.dropout, targets, useRslora: l.use_rslora, baseModel };
+  // PEFT records the hub revision the base was loaded at (null: the default branch).
+  const revision = config.model.revision && config.model.revision !== "main" ? config.model.revision : null;
+  return { r: l.r, alpha: l.alpha, dropout: l.dropout, targets, useRslora: l.use_rslora, baseModel, extra: { revision } };
 }
 
 /** rank > 0 (data parallel) gives the LoRA dropout masks their own stream per rank; the LoRA
@@ -77,8 +80,16 @@ export async function openModelFor(config: ResolvedConfig, device: string, info:
 }
 
 export async function train(options: TrainOptions = {}): Promise<TrainResult> {
-  const config = options.config ?? (await loadConfig(options.configPath, { set: options.set }));
+  let config = options.config ?? (await loadConfig(options.configPath, { set: options.set }));
   const info = options.onInfo ?? (() => {});
+  // Continuing from an adapter: its shape (r, alpha, rsLoRA, modules) is the run's LoRA layout.
+  const initAdapter = config.lora.init_adapter ? await readAdapter(config.lora.init_adapter) : null;
+  if (initAdapter) {
+    const c = initAdapter.config;
+    const targets = adapterTargets(initAdapter, config.lora.init_adapter!) as ResolvedConfig["lora"]["target_modules"];
+    config = { ...config, lora: { ...config.lora, r: c.r, alpha: c.lora_alpha, use_rslora: c.use_rslora === true, target_modules: targets } };
+    info(`LoRA from the adapter in ${config.lora.init_adapter}: r=${c.r}, alpha=${c.lora_alpha}${c.use_rslora ? ", rsLoRA" : ""}, modules ${(targets as string[]).join(", ")}`);
+  }
   // data parallel under mpirun (ts/dist.ts): one device (cuda:<local rank>) or an equal share of
   // the cores per rank; rank 0 alone writes outputs and fills the token cache first
   const world = initWorld();
@@ -124,7 +135,14 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       if (w) state.logWindow = { ...w };
       state.sampler = loader.state();
       info(`resumed from ${resumeFrom} at step ${ck.step}`);
-    } else if (sets.eval) {
+    } else if (initAdapter) {
+      const expected = new Set(model.loraLayout().map((l) => l.key));
+      for (const [key, w] of initAdapter.loraWeights) {
+        if (!expected.has(key)) throw new QloraError("E_FORMAT", `${config.lora.init_adapter}: adapter tensor ${key} does not match the model (expected keys like ${[...expected][0]})`);
+        await model.setLora(key, w.data);
+      }
+    }
+    if (!resumeFrom && sets.eval) {
       info("evaluating before training");
       initialEval = await evaluateExamples(model, sets.eval, { batchSize: config.training.per_device_eval_batch_size, padId, padding: config.data.padding, signal: dp ? undefined : options.signal, shard: evalShard });
       const entry: LogEntry = { step: 0, epoch: 0, eval_loss: initialEval.eval_loss, eval_perplexity: initialEval.perplexity, eval_tokens: initialEval.eval_tokens };

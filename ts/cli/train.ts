@@ -1,4 +1,4 @@
-// `qlora-native train [--config FILE] [--set k=v ...] [--resume latest|PATH] [--json]`.
+// `qlora-native train [--config FILE] [--set k=v ...] [--resume latest|PATH] [--adapter DIR] [--json]`.
 // Without --config it runs the embedded demo on the CPU. Ctrl-C saves a checkpoint and exits.
 import path from "node:path";
 import type { CommandModule } from "yargs";
@@ -16,6 +16,7 @@ interface TrainArgs {
   config?: string;
   set: string[];
   resume?: string;
+  adapter?: string;
   json: boolean;
   nproc?: number;
   hostfile?: string;
@@ -51,12 +52,14 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
       .option("config", { type: "string", describe: "YAML config file (see configs/)" })
       .option("set", { type: "string", array: true, default: [], describe: "override a key: --set training.max_steps=100" })
       .option("resume", { type: "string", describe: '"latest" or a checkpoint folder' })
+      .option("adapter", { type: "string", describe: "continue training from a PEFT adapter folder (ours or PEFT-made): same as --set lora.init_adapter=DIR" })
       .option("json", { type: "boolean", default: false, describe: "print a JSON summary only" })
       .option("nproc", { type: "number", describe: "data parallel: run N ranks (starts mpirun -n N for you; one GPU or an equal share of the cores each)" })
       .option("hostfile", { type: "string", describe: "with --nproc: an Open MPI hostfile for a multi-node run" })
       .example("$0 train", "run the embedded demo (tiny Qwen2 model, real tokenizer, CPU)")
       .example("$0 train --config configs/qwen2.5-3b-wikitext2.yaml", "the flagship job")
-      .example("$0 train --config my.yaml --set training.max_steps=50 --resume latest", "continue a run"),
+      .example("$0 train --config my.yaml --set training.max_steps=50 --resume latest", "continue a run")
+      .example("$0 train --config my.yaml --adapter path/to/peft-adapter", "start from a PEFT adapter's weights"),
   handler: async (argv) => {
     if (argv.nproc !== undefined && !launcherRanks()) {
       if (!Number.isInteger(argv.nproc) || argv.nproc < 1) throw new QloraError("E_ARG", `--nproc must be a positive integer, got ${argv.nproc}`);
@@ -68,6 +71,7 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
     // data parallel: only rank 0 talks (the others print warnings and errors only)
     const mainRank = (launcherRanks()?.rank ?? 0) === 0;
     const progress = Progress.for(process.stdout, argv.json || !mainRank);
+    if (argv.adapter !== undefined) argv.set = [...argv.set, `lora.init_adapter=${path.resolve(argv.adapter)}`];
     const isDemo = !argv.config;
     let config;
     if (isDemo) {

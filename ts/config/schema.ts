@@ -56,6 +56,7 @@ export const SCHEMA: ConfigSchema = {
     dropout: num(0.05, "Dropout on the input of the LoRA A matrix.", { min: 0, below: 1 }),
     target_modules: targetModules,
     use_rslora: bool(false, "Rank-stabilized LoRA: scale by alpha/sqrt(r) instead of alpha/r."),
+    init_adapter: nullable(str("", ""), null, "A PEFT adapter folder (ours or PEFT-made) to continue training from: its weights start training and its r, alpha, use_rslora and adapted modules replace those above; null starts from PEFT's initialisation."),
   },
   training: {
     num_train_epochs: num(3, "Epochs over the training split (ignored when max_steps > 0).", { above: 0 }),

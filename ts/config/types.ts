@@ -42,6 +42,7 @@ export interface LoraConfig {
   dropout: number;
   target_modules: LoraModule[] | "all-linear";
   use_rslora: boolean;
+  init_adapter: string | null;
 }
 
 export interface TrainingConfig {

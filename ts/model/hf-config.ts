@@ -79,7 +79,10 @@ export function parseHfConfig(cfg: Json, file = "config.json"): ModelArch {
       ? positiveNumber(rp, "rope_theta", file)
       : positiveNumber(cfg, "rope_theta", file, 10000);
 
-  const qkvBias = modelType === "qwen2" ? true : cfg.attention_bias === true;
+  // Llama's attention_bias puts a bias on o_proj too; the graph here has q/k/v biases only (Qwen2's).
+  if (modelType !== "qwen2" && cfg.attention_bias === true)
+    throw fmt(file, `"attention_bias": true (biases on q/k/v/o_proj) is not supported for ${modelType}; only Qwen2's q/k/v biases are`);
+  const qkvBias = modelType === "qwen2";
   let bnb4bit: ModelArch["bnb4bit"] = null;
   const qc = cfg.quantization_config as Json | undefined;
   if (qc && typeof qc === "object") {

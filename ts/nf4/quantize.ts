@@ -7,10 +7,11 @@
 // the input shards. Everything is written into `<out>.tmp-XXXX` and renamed to `out` at the end; on
 // any failure (or Ctrl-C) the temporary folder is removed and nothing half-written is left.
 import { randomBytes } from "node:crypto";
-import { existsSync, readdirSync, rmSync, statSync } from "node:fs";
-import { copyFile, mkdir, readFile, readdir, rename, rm, rmdir, writeFile } from "node:fs/promises";
+import { existsSync, rmSync, statSync } from "node:fs";
+import { mkdir, readFile, rename, rm, rmdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { QloraError } from "../errors.js";
+import { checkNewOutputFolder, copyNonWeightFiles, hfConfigJson } from "../io/hf-files.js";
 import { Checkpoint, SafetensorsWriter, numelOf, syncDir, type StDType, type StEntry, type StTensorInfo } from "../io/safetensors.js";
 import type { NativeSession, NativeTensor } from "../native.js";
 import { openSession } from "../tensor.js";
@@ -149,18 +150,6 @@ async function readJson(file: string): Promise<Record<string, unknown>> {
   }
 }
 
-function isWeightFile(f: string): boolean {
-  return /\.(safetensors|bin|pt|pth|ckpt|h5|msgpack|gguf|onnx)$/i.test(f) || f === "model.safetensors.index.json" || f === "pytorch_model.bin.index.json";
-}
-
-function checkOut(out: string, model: string): void {
-  if (path.resolve(out) === path.resolve(model)) throw new QloraError("E_ARG", `--out must differ from --model (${out})`);
-  if (!existsSync(out)) return;
-  if (!statSync(out).isDirectory() || readdirSync(out).length) {
-    throw new QloraError("E_ARG", `${out} already exists and is not an empty folder; choose another --out or remove it`);
-  }
-}
-
 /** Quantizes an HF checkpoint folder to a bnb-NF4 checkpoint folder (see the file header). */
 export async function quantizeCheckpoint(opts: QuantizeOptions): Promise<QuantizeResult> {
   const t0 = performance.now();
@@ -169,7 +158,7 @@ export async function quantizeCheckpoint(opts: QuantizeOptions): Promise<Quantiz
   if (!blocksizeOk(blocksize)) throw new QloraError("E_ARG", `blocksize must be a power of two in 32..4096, got ${blocksize}`);
   const model = path.resolve(opts.model);
   const out = path.resolve(opts.out);
-  checkOut(out, model);
+  checkNewOutputFolder(out, [{ label: "--model", dir: model }]);
   const config = await readJson(path.join(model, "config.json"));
   if (config.quantization_config) {
     throw new QloraError("E_FORMAT", `${path.join(model, "config.json")}: the model is already quantized (quantization_config present)`);
@@ -199,6 +188,7 @@ export async function quantizeCheckpoint(opts: QuantizeOptions): Promise<Quantiz
       shards.get(f)!.push(p);
     }
     session = opts.session ?? openSession(opts.device ?? "auto");
+    await mkdir(path.dirname(out), { recursive: true });
     await mkdir(tmp, { recursive: false });
     process.once("SIGINT", onSignal);
     process.once("SIGTERM", onSignal);
@@ -252,17 +242,14 @@ export async function quantizeCheckpoint(opts: QuantizeOptions): Promise<Quantiz
     // config.json with quantization_config; the index for shards; every other non-weight file.
     const computeDtype = (config.torch_dtype ?? config.dtype ?? "bfloat16") as string;
     const newConfig = { ...config, quantization_config: bnbQuantizationConfig({ computeDtype: typeof computeDtype === "string" ? computeDtype : "bfloat16", doubleQuant }) };
-    await writeFile(path.join(tmp, "config.json"), JSON.stringify(newConfig, null, 2) + "\n");
+    await writeFile(path.join(tmp, "config.json"), hfConfigJson(newConfig));
     let totalSize = 0;
     for (const f of shards.keys()) totalSize += statSync(path.join(tmp, f)).size;
     if (sharded) {
       const indexJson = { metadata: { total_size: totalSize }, weight_map: Object.fromEntries(Object.entries(weightMap).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) };
       await writeFile(path.join(tmp, "model.safetensors.index.json"), JSON.stringify(indexJson, null, 2) + "\n");
     }
-    for (const ent of await readdir(model, { withFileTypes: true })) {
-      if (!ent.isFile() || ent.name === "config.json" || isWeightFile(ent.name)) continue;
-      await copyFile(path.join(model, ent.name), path.join(tmp, ent.name));
-    }
+    await copyNonWeightFiles(model, tmp);
     await syncDir(tmp);
     if (existsSync(out)) await rmdir(out); // empty, checked above
     await rename(tmp, out);

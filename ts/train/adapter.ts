@@ -204,6 +204,32 @@ export async function readAdapterConfig(dir: string): Promise<PeftAdapterConfig>
   return c;
 }
 
+const nonEmpty = (v: unknown): boolean =>
+  v !== null && v !== undefined && v !== false && !(Array.isArray(v) && v.length === 0) && !(typeof v === "object" && Object.keys(v as object).length === 0);
+
+/**
+ * PEFT LoRA variants this adapter format can hold but qlora-native does not compute. Applying
+ * such an adapter as plain LoRA would give other numbers than PEFT without a word, so each one is
+ * refused by name.
+ */
+function unsupportedFeatures(c: PeftAdapterConfig, otherTensors: string[]): string[] {
+  const out: string[] = [];
+  if (c.use_dora === true) out.push("use_dora: true (DoRA's magnitude vectors)");
+  if (c.bias !== undefined && c.bias !== "none") out.push(`bias: ${JSON.stringify(c.bias)} (trained biases)`);
+  if (c.lora_bias === true) out.push("lora_bias: true (a bias on lora_B)");
+  if (nonEmpty(c.alpha_pattern)) out.push("alpha_pattern (per-module alpha)");
+  if (nonEmpty(c.rank_pattern)) out.push("rank_pattern (per-module rank)");
+  if (nonEmpty(c.modules_to_save)) out.push(`modules_to_save: ${JSON.stringify(c.modules_to_save)} (fully trained modules)`);
+  if (nonEmpty(c.trainable_token_indices)) out.push("trainable_token_indices");
+  if (nonEmpty(c.target_parameters)) out.push("target_parameters");
+  if (c.fan_in_fan_out === true) out.push("fan_in_fan_out: true");
+  if (otherTensors.length) {
+    const shown = otherTensors.slice(0, 3).join(", ") + (otherTensors.length > 3 ? `, ... (${otherTensors.length} in all)` : "");
+    out.push(`tensors other than lora_A / lora_B weights (${shown})`);
+  }
+  return out;
+}
+
 /** Reads a LoRA adapter folder (ours or PEFT's): the config and every weight as f32. */
 export async function readAdapter(dir: string): Promise<AdapterFiles> {
   const config = await readAdapterConfig(dir);
@@ -211,8 +237,15 @@ export async function readAdapter(dir: string): Promise<AdapterFiles> {
   const st = await SafetensorsFile.open(file);
   const loraWeights = new Map<string, LoraWeight & { dtype: StDType }>();
   try {
+    const other = [...st.tensors.keys()].filter((n) => !KEY_RE.test(n));
+    const unsupported = unsupportedFeatures(config, other);
+    if (unsupported.length) {
+      throw new QloraError(
+        "E_FORMAT",
+        `${dir}: this PEFT adapter uses ${unsupported.join("; ")}, which qlora-native does not support (plain LoRA on q/k/v/o/gate/up/down_proj only); applying it as plain LoRA would give wrong results`,
+      );
+    }
     for (const [name, info] of st.tensors) {
-      if (!KEY_RE.test(name)) continue; // e.g. modules_to_save tensors: not LoRA weights
       if (info.dtype !== "F32" && info.dtype !== "BF16" && info.dtype !== "F16" && info.dtype !== "F64") {
         throw new QloraError("E_DTYPE", `${file}: '${name}' is ${info.dtype}; expected F32, BF16 or F16`);
       }
@@ -225,10 +258,29 @@ export async function readAdapter(dir: string): Promise<AdapterFiles> {
     await st.close();
   }
   if (loraWeights.size === 0) throw new QloraError("E_FORMAT", `${file}: no LoRA weights (no *.lora_A.weight / *.lora_B.weight tensors)`);
-  // rank_pattern gives some modules their own rank
-  const uniformRank = !config.rank_pattern || Object.keys(config.rank_pattern as object).length === 0;
-  checkPairs(loraWeights, uniformRank ? config.r : undefined, file);
+  checkPairs(loraWeights, config.r, file);
   return { config, loraWeights };
+}
+
+const DECODER_MODULE_RE = /^base_model\.model\.model\.layers\.\d+\.(?:self_attn|mlp)\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.lora_[AB]\.weight$/;
+
+/**
+ * The decoder projections an adapter's tensors adapt (q_proj, ...), read from its weights (so
+ * PEFT's target_modules spellings, regexes, suffixes like "mlp.down_proj" and
+ * layers_to_transform all come out right). Throws for LoRA on anything else (embeddings, lm_head).
+ */
+export function adapterTargets(a: AdapterFiles, where: string): string[] {
+  const found = new Set<string>();
+  const other: string[] = [];
+  for (const key of a.loraWeights.keys()) {
+    const m = DECODER_MODULE_RE.exec(key);
+    if (m) found.add(m[1]);
+    else other.push(key);
+  }
+  if (other.length) {
+    throw new QloraError("E_FORMAT", `${where}: LoRA on ${other[0]}${other.length > 1 ? ` and ${other.length - 1} more` : ""}: qlora-native adapts the decoder projections only (q/k/v/o/gate/up/down_proj)`);
+  }
+  return [...found].sort();
 }
 
 /** LoRA scaling of an adapter: alpha / r, or alpha / sqrt(r) with rsLoRA. */

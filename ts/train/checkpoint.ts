@@ -146,6 +146,8 @@ function checkManifestSync(dir: string, step?: number): string | null {
   try {
     man = JSON.parse(readFileSync(path.join(dir, MANIFEST_FILE), "utf8"));
   } catch {
+    if (existsSync(path.join(dir, ADAPTER_CONFIG_FILE)) && !existsSync(path.join(dir, OPTIMIZER_FILE)) && !existsSync(path.join(dir, TRAINING_STATE_FILE)))
+      return "it is an adapter folder, not a training checkpoint (no manifest.json); to continue training from its weights use train --adapter " + dir;
     return "no readable manifest.json (an interrupted save?)";
   }
   if (man?.format !== MANIFEST_FORMAT || typeof man.files !== "object" || !man.files) return "manifest.json is not a qlora-native checkpoint manifest";
