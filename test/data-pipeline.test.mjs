@@ -189,3 +189,33 @@ test("WikiText-2 validation as train: 262,210 tokens; throughput and cached load
   t.diagnostic(`cached load: ${(cached.stats.seconds * 1000).toFixed(0)} ms`);
   assert.ok(cached.stats.seconds < 1, `cached load took ${cached.stats.seconds} s`);
 });
+
+test("special tokens of the tokenizer's post-processor (a Llama-style BOS) start every row, as transformers adds them", async (t) => {
+  const s = setup(t);
+  // The Qwen tokenizer with a TemplateProcessing post-processor that prepends <|im_start|>
+  // (151644), as Llama tokenizers prepend their BOS.
+  const json = JSON.parse(readFileSync(join(QWEN_TOKENIZER_DIR, "tokenizer.json"), "utf8"));
+  json.post_processor = {
+    type: "TemplateProcessing",
+    single: [{ SpecialToken: { id: "<|im_start|>", type_id: 0 } }, { Sequence: { id: "A", type_id: 0 } }],
+    pair: [{ SpecialToken: { id: "<|im_start|>", type_id: 0 } }, { Sequence: { id: "A", type_id: 0 } }, { Sequence: { id: "B", type_id: 1 } }],
+    special_tokens: { "<|im_start|>": { id: "<|im_start|>", ids: [151644], tokens: ["<|im_start|>"] } },
+  };
+  const bosModel = join(s.root, "bos-model");
+  writeTree(bosModel, { "tokenizer.json": JSON.stringify(json), "tokenizer_config.json": readFileSync(join(s.model, "tokenizer_config.json")), "config.json": "{}" });
+  const bosTok = await TextTokenizer.load(bosModel);
+  assert.deepEqual([bosTok.specialPrefix, bosTok.specialSuffix], [[151644], []]);
+  assert.deepEqual([tok.specialPrefix, tok.specialSuffix], [[], []], "Qwen's own tokenizer adds nothing");
+
+  const withBos = await prepareDataset(await config({ ...s, model: bosModel }));
+  const rows = textRows("train");
+  assert.equal(withBos.train.numRows, rows.length);
+  const expected = rows.map((r) => [151644, ...tok.encode(r)]);
+  assert.deepEqual(Array.from(withBos.train.ids), expected.flat());
+  // off: the plain ids (and another cache entry); Qwen rows are the same either way
+  const plain = await prepareDataset(await config({ ...s, model: bosModel }, ["data.add_special_tokens=false"]));
+  expectRows(plain.train, rows);
+  assert.notEqual(plain.train.cacheKey, withBos.train.cacheKey);
+  const qwen = await prepareDataset(await config(s));
+  expectRows(qwen.train, rows);
+});

@@ -49,6 +49,7 @@ export const SCHEMA: ConfigSchema = {
     shuffle: bool(true, "Shuffle the training examples each epoch (seeded by training.data_seed or training.seed)."),
     max_train_samples: nullable(int(1, "", { min: 1 }), null, "Keep only the first N training examples (after tokenization); null keeps all."),
     max_eval_samples: nullable(int(1, "", { min: 1 }), null, "Keep only the first N evaluation examples; null keeps all."),
+    add_special_tokens: bool(true, "Put the tokenizer's own special tokens around each row (e.g. Llama's BOS), as transformers' tokenizer(text) does; Qwen's tokenizer adds none."),
   },
   lora: {
     r: int(16, "LoRA rank.", { min: 1, max: 4096 }),

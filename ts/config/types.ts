@@ -34,6 +34,7 @@ export interface DataConfig {
   shuffle: boolean;
   max_train_samples: number | null;
   max_eval_samples: number | null;
+  add_special_tokens: boolean;
 }
 
 export interface LoraConfig {

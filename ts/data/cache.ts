@@ -35,6 +35,9 @@ export interface TokenCacheMeta {
   padId: number;
   vocabSize: number;
   tokenizerFingerprint: string;
+  /** the tokenizer's special-token template (absent in caches written before it was recorded) */
+  specialPrefix?: number[];
+  specialSuffix?: number[];
   createdAt: string;
 }
 
@@ -67,9 +70,11 @@ export function hashFile(path: string): Promise<{ sha256: string; bytes: number 
 }
 
 /** The cache key of a split: everything its token ids depend on. */
-export function tokenCacheKey(parts: { tokenizerFingerprint: string; fileHashes: string[]; format: string; textField: string }): string {
+export function tokenCacheKey(parts: { tokenizerFingerprint: string; fileHashes: string[]; format: string; textField: string; addSpecialTokens?: boolean }): string {
   const h = createHash("sha256");
-  h.update(JSON.stringify({ v: TOKEN_CACHE_VERSION, ...parts }));
+  const { addSpecialTokens, ...rest } = parts;
+  // (rows without special tokens keep the keys they had before the option existed)
+  h.update(JSON.stringify({ v: TOKEN_CACHE_VERSION, ...rest, ...(addSpecialTokens ? { specials: true } : {}) }));
   return h.digest("hex");
 }
 

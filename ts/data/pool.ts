@@ -67,18 +67,20 @@ export class TokenizePool {
   private constructor(
     private readonly workers: Worker[],
     private readonly local: TextTokenizer | null,
+    private readonly addSpecialTokens: boolean,
     /** EOS/pad ids, vocabulary size and fingerprint of the loaded tokenizer. */
     readonly info: TokenizerInfo,
   ) {}
 
-  /** Starts `workers` threads, each loading the tokenizer of `tokenizerDir`. */
-  static async open(tokenizerDir: string, workers: number): Promise<TokenizePool> {
+  /** Starts `workers` threads, each loading the tokenizer of `tokenizerDir`. With
+   * `addSpecialTokens`, rows get the post-processor's special tokens (e.g. Llama's BOS). */
+  static async open(tokenizerDir: string, workers: number, addSpecialTokens = false): Promise<TokenizePool> {
     if (workers <= 1) {
       const tok = await TextTokenizer.load(tokenizerDir);
-      return new TokenizePool([], tok, tok.info());
+      return new TokenizePool([], tok, addSpecialTokens, tok.info());
     }
     const url = new URL("./tokenize-worker.js", import.meta.url);
-    const started = Array.from({ length: workers }, () => new Worker(url, { workerData: { tokenizerDir } }));
+    const started = Array.from({ length: workers }, () => new Worker(url, { workerData: { tokenizerDir, addSpecialTokens } }));
     let infos: TokenizerInfo[];
     try {
       infos = await Promise.all(started.map((w) => new Promise<TokenizerInfo>((ok, fail) => {
@@ -92,18 +94,18 @@ export class TokenizePool {
       await Promise.all(started.map((w) => w.terminate()));
       throw err instanceof QloraError ? err : new QloraError("E_DATA", `tokenizer worker failed to start: ${(err as Error).message}`, { cause: err });
     }
-    return new TokenizePool(started, null, infos[0]);
+    return new TokenizePool(started, null, addSpecialTokens, infos[0]);
   }
 
   get size(): number {
     return Math.max(1, this.workers.length);
   }
 
-  /** Token ids of every row (no special tokens), with row offsets. */
+  /** Token ids of every row (special tokens as opened), with row offsets. */
   async encode(rows: readonly string[]): Promise<TokenizedRows> {
     const chunks = makeChunks(rows);
     if (this.local) {
-      return assemble(rows.length, chunks, chunks.map((c) => encodeChunk(this.local!, c.text, c.lengths)));
+      return assemble(rows.length, chunks, chunks.map((c) => encodeChunk(this.local!, c.text, c.lengths, this.addSpecialTokens)));
     }
     const results: { ids: Int32Array; counts: Uint32Array }[] = new Array(chunks.length);
     let next = 0;

@@ -106,7 +106,7 @@ export async function prepareDataset(config: Config, options: PrepareOptions = {
     role,
     source,
     files: source.files.map((path, i) => ({ path, ...hashes[i] })),
-    key: tokenCacheKey({ tokenizerFingerprint: tokFiles.fingerprint, fileHashes: hashes.map((h) => h.sha256), format: source.format, textField: source.format === "jsonl" || source.format === "parquet" ? config.data.text_field : "" }),
+    key: tokenCacheKey({ tokenizerFingerprint: tokFiles.fingerprint, fileHashes: hashes.map((h) => h.sha256), format: source.format, textField: source.format === "jsonl" || source.format === "parquet" ? config.data.text_field : "", addSpecialTokens: config.data.add_special_tokens }),
   }));
 
   const loaded = new Map<string, { rows: TokenRows; meta?: TokenCacheMeta }>();
@@ -129,7 +129,7 @@ export async function prepareDataset(config: Config, options: PrepareOptions = {
     const totalBytes = missing.reduce((s, p) => s + p.files.reduce((a, f) => a + f.bytes, 0), 0);
     workers = workerCount(totalBytes, options.threads ?? config.advanced.threads);
     // The workers load the tokenizer while the rows are read; the pool is closed on every path.
-    const poolPromise = TokenizePool.open(tokenizerDir, workers);
+    const poolPromise = TokenizePool.open(tokenizerDir, workers, config.data.add_special_tokens);
     poolPromise.catch(() => {});
     let texts: SplitRows[];
     let all: TokenRows;
@@ -162,7 +162,8 @@ export async function prepareDataset(config: Config, options: PrepareOptions = {
         const meta: TokenCacheMeta = {
           version: TOKEN_CACHE_VERSION, key: p.key, split: p.source.split, format: p.source.format, files: p.files,
           numRows: rows.offsets.length - 1, numTokens: rows.ids.length, eosId: info.eosId, padId: info.padId,
-          vocabSize: info.vocabSize, tokenizerFingerprint: info.fingerprint, createdAt: new Date().toISOString(),
+          vocabSize: info.vocabSize, tokenizerFingerprint: info.fingerprint, specialPrefix: info.specialPrefix ?? [],
+          specialSuffix: info.specialSuffix ?? [], createdAt: new Date().toISOString(),
         };
         try {
           await writeTokenCache(cacheDir, { meta, ids: rows.ids, offsets: rows.offsets });
@@ -174,7 +175,10 @@ export async function prepareDataset(config: Config, options: PrepareOptions = {
   }
   if (!info) {
     const meta = loaded.get(plans[0].key)!.meta!;
-    info = { dir: tokenizerDir, fingerprint: tokFiles.fingerprint, eosId: meta.eosId, padId: meta.padId, vocabSize: meta.vocabSize };
+    info = {
+      dir: tokenizerDir, fingerprint: tokFiles.fingerprint, eosId: meta.eosId, padId: meta.padId, vocabSize: meta.vocabSize,
+      ...(meta.specialPrefix ? { specialPrefix: meta.specialPrefix, specialSuffix: meta.specialSuffix ?? [] } : {}),
+    };
   }
 
   const sets = new Map<SplitRole, TokenSet>();

@@ -15,14 +15,16 @@ export type ChunkReply =
   | { id: number; ids: Int32Array; counts: Uint32Array }
   | { id: number; error: string };
 
-/** Encodes rows given as one string + lengths; returns concatenated ids and counts per row. */
-export function encodeChunk(tok: TextTokenizer, text: string, lengths: Uint32Array): { ids: Int32Array; counts: Uint32Array } {
+/** Encodes rows given as one string + lengths; returns concatenated ids and counts per row. With
+ * `specials` each row gets the post-processor's special tokens (e.g. a BOS), as transformers adds. */
+export function encodeChunk(tok: TextTokenizer, text: string, lengths: Uint32Array, specials = false): { ids: Int32Array; counts: Uint32Array } {
   const counts = new Uint32Array(lengths.length);
   const parts: number[][] = [];
   let total = 0;
   let pos = 0;
   for (let i = 0; i < lengths.length; i++) {
-    const ids = tok.encode(text.slice(pos, pos + lengths[i]));
+    const row = text.slice(pos, pos + lengths[i]);
+    const ids = specials ? tok.encodeWithSpecials(row) : tok.encode(row);
     pos += lengths[i];
     counts[i] = ids.length;
     total += ids.length;
@@ -42,7 +44,7 @@ if (parentPort && workerData?.tokenizerDir) {
   const tok = await TextTokenizer.load(workerData.tokenizerDir as string);
   port.on("message", (msg: ChunkRequest) => {
     try {
-      const { ids, counts } = encodeChunk(tok, msg.text, msg.lengths);
+      const { ids, counts } = encodeChunk(tok, msg.text, msg.lengths, workerData.addSpecialTokens === true);
       port.postMessage({ id: msg.id, ids, counts } satisfies ChunkReply, [ids.buffer as ArrayBuffer, counts.buffer as ArrayBuffer]);
     } catch (err) {
       port.postMessage({ id: msg.id, error: (err as Error).message } satisfies ChunkReply);

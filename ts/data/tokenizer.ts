@@ -24,6 +24,9 @@ export interface TokenizerInfo {
   eosId: number;
   padId: number;
   vocabSize: number;
+  /** Ids the tokenizer's post-processor puts before / after a text (e.g. Llama's BOS; none for Qwen). */
+  specialPrefix?: number[];
+  specialSuffix?: number[];
 }
 
 interface TokenizerJson {
@@ -74,6 +77,9 @@ export class TextTokenizer implements TokenizerInfo {
   readonly vocabSize: number;
   /** Ids of all special added tokens. */
   readonly specialIds: ReadonlySet<number>;
+  /** What encode(text, add_special_tokens) adds around a text's ids (the post-processor's template). */
+  readonly specialPrefix: number[];
+  readonly specialSuffix: number[];
   private readonly tok: Tokenizer;
   private readonly fastEncoder: FastEncoder;
 
@@ -100,6 +106,14 @@ export class TextTokenizer implements TokenizerInfo {
     const maxAdded = added.reduce((m, t) => Math.max(m, t.id), -1);
     this.vocabSize = Math.max(this.tok.model?.vocab.length ?? 0, maxAdded + 1);
     this.fastEncoder = new FastEncoder(this.tok, json as never, config);
+    // The post-processor's template, found around a probe text's plain ids.
+    const probe = "Hello world";
+    const plain = this.tok.encode(probe, { add_special_tokens: false }).ids;
+    const full = this.tok.encode(probe, { add_special_tokens: true }).ids;
+    let at = -1;
+    for (let i = 0; i + plain.length <= full.length && at < 0; i++) if (plain.every((id: number, k: number) => full[i + k] === id)) at = i;
+    this.specialPrefix = at < 0 ? [] : full.slice(0, at);
+    this.specialSuffix = at < 0 ? [] : full.slice(at + plain.length);
   }
 
   static fromFiles(files: TokenizerFiles): TextTokenizer {
@@ -120,6 +134,13 @@ export class TextTokenizer implements TokenizerInfo {
     return this.fastEncoder.encode(text);
   }
 
+  /** Token ids of `text` with the post-processor's special tokens around it, as transformers'
+   * tokenizer(text) gives them (add_special_tokens=True). */
+  encodeWithSpecials(text: string): number[] {
+    const ids = this.encode(text);
+    return this.specialPrefix.length || this.specialSuffix.length ? [...this.specialPrefix, ...ids, ...this.specialSuffix] : ids;
+  }
+
   /** Token ids through the library's own encode (reference for tests). */
   encodeReference(text: string): number[] {
     return this.tok.encode(text, { add_special_tokens: false }).ids;
@@ -131,6 +152,9 @@ export class TextTokenizer implements TokenizerInfo {
   }
 
   info(): TokenizerInfo {
-    return { dir: this.dir, fingerprint: this.fingerprint, eosId: this.eosId, padId: this.padId, vocabSize: this.vocabSize };
+    return {
+      dir: this.dir, fingerprint: this.fingerprint, eosId: this.eosId, padId: this.padId, vocabSize: this.vocabSize,
+      specialPrefix: this.specialPrefix, specialSuffix: this.specialSuffix,
+    };
   }
 }
