@@ -4,7 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -60,7 +60,8 @@ test("train --json writes the adapter, logs, plots and checkpoints; eval reprodu
   assert.equal(s.global_step, 6);
   assert.equal(s.stopped_by, "completed");
   assert.ok(s.eval_loss < s.eval_loss_before, `eval loss fell: ${s.eval_loss_before} -> ${s.eval_loss}`);
-  for (const f of ["adapter_model.safetensors", "adapter_config.json", "trainer_state.json", "training_curves.html", "training_curves.svg", "config.resolved.yaml", "checkpoint-3"]) {
+  // checkpoints at save_steps and at the last step (as transformers saves)
+  for (const f of ["adapter_model.safetensors", "adapter_config.json", "trainer_state.json", "training_curves.html", "training_curves.svg", "config.resolved.yaml", "checkpoint-3", "checkpoint-6"]) {
     assert.ok(existsSync(path.join(out, f)), f);
   }
   const state = JSON.parse(readFileSync(path.join(out, "trainer_state.json"), "utf8"));
@@ -71,6 +72,13 @@ test("train --json writes the adapter, logs, plots and checkpoints; eval reprodu
   const evals = state.log_history.filter((e) => e.eval_loss !== undefined);
   assert.deepEqual(evals.map((e) => e.step), [0, 3, 6]);
   assert.ok(Math.abs(evals[2].eval_perplexity - Math.exp(evals[2].eval_loss)) < 1e-6 * evals[2].eval_perplexity);
+  // the test split after the last step, in the summary and the log history
+  const tests = state.log_history.filter((e) => e.test_loss !== undefined);
+  assert.deepEqual(tests.map((e) => e.step), [6]);
+  assert.equal(s.test_loss, tests[0].test_loss);
+  assert.ok(Math.abs(s.test_perplexity - Math.exp(s.test_loss)) < 1e-6 * s.test_perplexity);
+  const te = JSON.parse(run("eval", "--config", cfg, "--adapter", out, "--split", "test", "--json").stdout.trim());
+  assert.ok(Math.abs(te.eval_loss - s.test_loss) < 1e-6, `eval --split test ${te.eval_loss} vs ${s.test_loss}`);
 
   const e = run("eval", "--config", cfg, "--adapter", out, "--json");
   assert.equal(e.status, 0, e.stderr);
@@ -123,28 +131,55 @@ test("train --json writes the adapter, logs, plots and checkpoints; eval reprodu
   const sd = JSON.parse(rd.stdout.trim().split("\n").pop());
   assert.ok(Math.abs(sd.eval_loss_before - s.eval_loss) < 1e-6, `${sd.eval_loss_before} vs ${s.eval_loss}`);
   assert.equal(sd.global_step, 2);
+
+  // resuming with another LoRA layout names the setting
+  const rr = run("train", "--config", writeConfig("b", outB), "--resume", path.join(outB, "checkpoint-3"), "--set", "lora.r=8");
+  assert.notEqual(rr.status, 0);
+  assert.match(rr.stderr, /checkpoint has LoRA r = 16 \(the config says 8\).*\[E_CONFIG\]/);
+  // a damaged newest checkpoint stops --resume latest (no silent step back), naming the older one
+  writeFileSync(path.join(outB, "checkpoint-6", "optimizer.safetensors"), "x");
+  const rl = run("train", "--config", writeConfig("b", outB), "--resume", "latest", "--set", "training.max_steps=8");
+  assert.notEqual(rl.status, 0);
+  assert.match(rl.stderr, /checkpoint-6 is damaged \(optimizer\.safetensors has 1 bytes.*--resume .*checkpoint-3/);
 });
 
-test("Ctrl-C during training saves a loadable checkpoint and exits 130", async () => {
-  const out = path.join(work, "run-int");
-  const cfg = writeConfig("int", out, "");
-  const child = spawn(process.execPath, [cli, "train", "--config", cfg, "--set", "training.max_steps=400", "--set", "training.save_steps=1000", "--set", "training.eval_strategy=no"], { env, stdio: ["ignore", "pipe", "pipe"] });
-  let stdout = "";
-  let sent = false;
-  child.stdout.on("data", (d) => {
-    stdout += d;
-    if (!sent && /step 4\/400/.test(stdout)) {
-      sent = true;
-      child.kill("SIGINT");
-    }
-  });
-  const code = await new Promise((resolve) => child.on("exit", (c) => resolve(c)));
-  assert.equal(code, 130, stdout);
-  const latest = findLatestCheckpoint(out);
-  assert.ok(latest, "a checkpoint was written");
-  const ck = await loadCheckpoint(latest);
-  assert.ok(ck.step >= 4);
-  assert.match(stdout, /resume with --resume latest/);
+test("Ctrl-C (SIGINT) and SIGTERM during training save a loadable checkpoint and exit 130 / 143", async () => {
+  for (const [sig, want] of [["SIGINT", 130], ["SIGTERM", 143]]) {
+    const out = path.join(work, `run-${sig}`);
+    const cfg = writeConfig(sig, out, "");
+    const child = spawn(process.execPath, [cli, "train", "--config", cfg, "--set", "training.max_steps=400", "--set", "training.save_steps=1000", "--set", "training.eval_strategy=no"], { env, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let sent = false;
+    child.stdout.on("data", (d) => {
+      stdout += d;
+      if (!sent && /step 4\/400/.test(stdout)) {
+        sent = true;
+        child.kill(sig);
+      }
+    });
+    const code = await new Promise((resolve) => child.on("exit", (c) => resolve(c)));
+    assert.equal(code, want, stdout);
+    const latest = findLatestCheckpoint(out);
+    assert.ok(latest, "a checkpoint was written");
+    const ck = await loadCheckpoint(latest);
+    assert.ok(ck.step >= 4);
+    assert.match(stdout, /resume with --resume latest/);
+    assert.doesNotMatch(stdout, /eval  step 0/, "eval_strategy no: no evaluation before training either");
+  }
+});
+
+test("file-system errors are E_IO with a plain reason; data with nothing to predict is refused", () => {
+  const file = path.join(work, "a-file");
+  writeFileSync(file, "x");
+  const r = run("train", "--config", writeConfig("fs", path.join(file, "out")));
+  assert.equal(r.status, 2, r.stderr);
+  assert.match(r.stderr, /^qlora-native: cannot mkdir .*a-file\/out: a part of the path is a file, not a folder \[E_IO\]\n$/);
+  const tiny = path.join(work, "one-token");
+  mkdirSync(tiny, { recursive: true });
+  writeFileSync(path.join(tiny, "train.txt"), "hi\nyo\nok\n");
+  const d = run("train", "--config", writeConfig("tiny", path.join(work, "run-tiny")), "--set", `data.path=${tiny}`, "--set", "data.packing=false", "--set", "data.eval_split=null", "--set", "data.test_split=null", "--set", "training.eval_strategy=no");
+  assert.equal(d.status, 2, d.stderr);
+  assert.match(d.stderr, /no tokens to predict.*\[E_DATA\]/);
 });
 
 test("bad flags and bad configs give one-line errors and a non-zero exit", () => {

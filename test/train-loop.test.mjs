@@ -119,7 +119,7 @@ test("an aborted run saves a checkpoint and reports it", async () => {
   assert.deepEqual(saved, ["interrupt"]);
 });
 
-test("interval checkpoints are written even with no onSave listener", async () => {
+test("interval checkpoints (and the last step's) are written even with no onSave listener", async () => {
   const model = {
     paramCount: 1,
     async trainStep(micro) {
@@ -132,7 +132,13 @@ test("interval checkpoints are written even with no onSave listener", async () =
   };
   const { ctx, saved } = setup({ max_steps: 5, save_strategy: "steps", save_steps: 2 }, model);
   await runTrainingLoop(ctx);
-  assert.deepEqual(saved, ["interval", "interval"]);
+  // steps 2 and 4, then the last step (5) as transformers saves it
+  assert.deepEqual(saved, ["interval", "interval", "final"]);
+  // a run that resumes at its end saves nothing new
+  const again = setup({ max_steps: 5, save_strategy: "steps", save_steps: 2 }, model);
+  again.ctx.state.globalStep = 5;
+  await runTrainingLoop(again.ctx);
+  assert.deepEqual(again.saved, []);
 });
 
 test("data parallel: an empty micro-batch is left out; a rank with none still steps (trainStep([], allreduce))", async () => {

@@ -3,6 +3,7 @@
 // evaluation before and after, checkpoints and resume; writes the adapter (PEFT format),
 // trainer_state.json, plots and config.resolved.yaml into output.dir.
 import { mkdirSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { loadConfig } from "../config/load.js";
 import { resolveModelPath } from "../config/resolve-model.js";
@@ -17,7 +18,7 @@ import { loadModel, type LoraTarget, type QwenModel } from "../model/index.js";
 import { native } from "../native.js";
 import { writePlots } from "../report/index.js";
 import { adapterTargets, readAdapter, writeAdapter } from "../train/adapter.js";
-import { findLatestCheckpoint, loadCheckpoint, saveCheckpoint } from "../train/checkpoint.js";
+import { damagedCheckpoints, findLatestCheckpoint, loadCheckpoint, saveCheckpoint } from "../train/checkpoint.js";
 import { evaluateExamples, type EvalResult } from "../train/evaluate.js";
 import { runTrainingLoop, totalStepsFor, type LoopState } from "../train/loop.js";
 import { TrainerStateLog } from "../train/trainer-state.js";
@@ -44,6 +45,8 @@ export interface TrainResult {
   trainLoss: number;
   initialEval: EvalResult | null;
   finalEval: EvalResult | null;
+  /** the test split (data.test_split) after the last step: logged as test_loss / test_perplexity */
+  testEval: EvalResult | null;
   tokensPerSecond: number;
   stoppedBy: "completed" | "abort" | "nonfinite";
   peakMemoryBytes: number;
@@ -96,6 +99,8 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
   const dp = world.worldSize > 1;
   const device = rankDevice(resolveDevice(config.advanced.device, (m) => options.onWarning?.(m)), world.localRank);
   if (dp && config.advanced.threads <= 0 && device === "cpu") native.setNumThreads(threadsPerRank(launcherRanks()?.localSize ?? world.worldSize));
+  if (config.advanced.threads > os.availableParallelism())
+    options.onWarning?.(`advanced.threads = ${config.advanced.threads} is more than this machine's ${os.availableParallelism()} cores: the CPU backend will run slower, not faster`);
   const outputDir = path.resolve(config.output.dir);
   if (world.isMain) {
     mkdirSync(outputDir, { recursive: true });
@@ -108,10 +113,19 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
   if (dp && world.isMain) world.barrier("data preparation on rank 0");
   const sets = buildExampleSets(prepared, config);
   const padId = prepared.tokenizer.padId;
+  if (sets.train.length === 0 || sets.train.targetCount() === 0) {
+    throw new QloraError("E_DATA", `the training split has no tokens to predict (${sets.train.length} examples, none with 2 or more tokens): check data.path / data.train_split and data.max_length`);
+  }
+  // an interrupt that came during data preparation or model loading: nothing to save yet
+  const stopIfAborted = (stage: string) => {
+    if (!dp && options.signal?.aborted) throw new QloraError("E_ABORTED", `interrupted ${stage}; no training step ran, nothing to save`);
+  };
+  stopIfAborted("while preparing the data");
   info(`train: ${sets.train.length} examples; eval: ${sets.eval?.length ?? 0} examples (${prepared.stats.cacheHits} splits from the token cache)`);
 
   const { model } = await openModelFor(config, device, info, world.rank);
   try {
+    stopIfAborted("while loading the model");
     const loader = TrainLoader.fromConfig(sets.train, config, padId, { rank: world.rank, worldSize: world.worldSize });
     const evalShard = dp ? { rank: world.rank, worldSize: world.worldSize, reduce: world.allreduce } : undefined;
     const stateLog = new TrainerStateLog(outputDir);
@@ -120,9 +134,34 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     let initialEval: EvalResult | null = null;
 
     const resumeFrom = options.resume === "latest" ? findLatestCheckpoint(outputDir) : options.resume ? path.resolve(options.resume) : null;
-    if (options.resume === "latest" && !resumeFrom) info(`no checkpoint in ${outputDir}: starting from scratch`);
+    if (options.resume === "latest") {
+      // a damaged checkpoint newer than the one found is an error, not a silent step back
+      const latestStep = resumeFrom ? Number(/checkpoint-(\d+)/.exec(path.basename(resumeFrom))?.[1] ?? -1) : -1;
+      const damaged = damagedCheckpoints(outputDir).filter((d) => d.step > latestStep);
+      if (damaged.length) {
+        const d = damaged[0];
+        throw new QloraError(
+          "E_FORMAT",
+          `--resume latest: ${d.path} is damaged (${d.problem}); ${resumeFrom ? `resume from the newest complete one with --resume ${resumeFrom}` : "there is no complete checkpoint to resume from"}, or move the damaged folder away`,
+        );
+      }
+      if (!resumeFrom) options.onWarning?.(`--resume latest: no checkpoint in ${outputDir}; starting from scratch`);
+    }
     if (resumeFrom) {
       const ck = await loadCheckpoint(resumeFrom);
+      // the checkpoint's LoRA layout must be the config's: say which setting differs
+      const cc = ck.adapterConfig;
+      if (cc) {
+        const want = loraConfigFor(config, config.model.name_or_path);
+        const have = typeof cc.target_modules === "string" ? cc.target_modules : [...cc.target_modules].sort().join(", ");
+        const diffs = [
+          cc.r !== want.r ? `r = ${cc.r} (the config says ${want.r})` : "",
+          cc.lora_alpha !== want.alpha ? `alpha = ${cc.lora_alpha} (the config says ${want.alpha})` : "",
+          (cc.use_rslora === true) !== want.useRslora ? `use_rslora = ${cc.use_rslora === true} (the config says ${want.useRslora})` : "",
+          have !== [...want.targets].sort().join(", ") ? `target_modules ${have} (the config says ${[...want.targets].sort().join(", ")})` : "",
+        ].filter(Boolean);
+        if (diffs.length) throw new QloraError("E_CONFIG", `cannot resume from ${resumeFrom}: the checkpoint has LoRA ${diffs.join(", ")}; resume with the config it was trained with`);
+      }
       for (const [key, t] of Object.entries(ck.adapter)) await model.setLora(key, t.data);
       await model.setOptimizerState(ck.optimizer);
       // rank 0's sampler state; every rank has handed out as many batches of the epoch (the
@@ -142,7 +181,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
         await model.setLora(key, w.data);
       }
     }
-    if (!resumeFrom && sets.eval) {
+    if (!resumeFrom && sets.eval && config.training.eval_strategy !== "no") {
       info("evaluating before training");
       initialEval = await evaluateExamples(model, sets.eval, { batchSize: config.training.per_device_eval_batch_size, padId, padding: config.data.padding, signal: dp ? undefined : options.signal, shard: evalShard });
       const entry: LogEntry = { step: 0, epoch: 0, eval_loss: initialEval.eval_loss, eval_perplexity: initialEval.perplexity, eval_tokens: initialEval.eval_tokens };
@@ -189,6 +228,19 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       writeLogs,
     });
 
+    // the final test evaluation (data.test_split), logged as transformers names predict metrics
+    let testEval: EvalResult | null = null;
+    if (result.stoppedBy === "completed" && sets.test && result.globalStep > 0) {
+      info("evaluating the test split");
+      testEval = await evaluateExamples(model, sets.test, { batchSize: config.training.per_device_eval_batch_size, padId, padding: config.data.padding, shard: evalShard });
+      const stepsPerEpoch = loader.batchesPerEpoch() / config.training.gradient_accumulation_steps;
+      const entry: LogEntry = {
+        step: result.globalStep, epoch: Math.round((result.globalStep / stepsPerEpoch) * 1e4) / 1e4,
+        test_loss: testEval.eval_loss, test_perplexity: testEval.perplexity, test_tokens: testEval.eval_tokens,
+      };
+      state.logHistory.push(entry);
+      options.onEval?.(entry);
+    }
     const adapterDir = outputDir;
     if (result.stoppedBy === "completed" && world.isMain) {
       await writeAdapter(adapterDir, { loraWeights: await model.getLora(), config: loraConfigFor(config, config.model.name_or_path) });
@@ -202,6 +254,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       trainLoss: result.trainLoss,
       initialEval,
       finalEval: result.lastEval,
+      testEval,
       tokensPerSecond: result.tokensPerSecond,
       stoppedBy: result.stoppedBy,
       peakMemoryBytes: native.memoryStats(device).peak,

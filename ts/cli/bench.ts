@@ -7,10 +7,12 @@
 // qn_bench is built with CMake into build-bench/ on first use (with CUDA when nvcc is found).
 import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import type { CommandModule } from "yargs";
 import { E2E_FLOP_METHOD, runE2e } from "../bench/e2e.js";
 import { MODEL_PRESETS } from "../bench/random-model.js";
+import { resolveDevice } from "../device.js";
 import { QloraError } from "../errors.js";
 import { packageRoot } from "../native.js";
 
@@ -35,7 +37,7 @@ function benchBinary(device: string, log: (s: string) => void): string {
   log("building the native benchmarks (build-bench/, one time)");
   const dir = path.join(packageRoot, "build-bench");
   const conf = spawnSync("cmake", ["-S", packageRoot, "-B", dir, "-DQN_BUILD_ADDON=OFF", "-DCMAKE_BUILD_TYPE=Release"], { stdio: "inherit" });
-  const build = conf.status === 0 ? spawnSync("cmake", ["--build", dir, "-j", "--target", "qn_bench"], { stdio: "inherit" }) : conf;
+  const build = conf.status === 0 ? spawnSync("cmake", ["--build", dir, "-j", String(os.availableParallelism()), "--target", "qn_bench"], { stdio: "inherit" }) : conf;
   if (build.status !== 0 || !existsSync(path.join(dir, "qn_bench"))) throw new QloraError("E_IO", "building qn_bench failed (needs cmake and a C++ compiler; see the output above)");
   return path.join(dir, "qn_bench");
 }
@@ -108,7 +110,7 @@ export const benchCommand: CommandModule<object, BenchArgs> = {
   builder: (y) =>
     y
       .positional("kernel", { type: "string", array: true, default: [] as string[], describe: "kernels to run (default: all)" })
-      .option("device", { type: "string", default: "cpu", describe: "cpu, cuda or cuda:N" })
+      .option("device", { type: "string", default: "cpu", describe: "cpu, cuda, cuda:N or auto" })
       .option("iters", { type: "number", describe: "timed calls per case" })
       .option("json", { type: "boolean", default: false, describe: "print one JSON array of rows" })
       .option("model-shape", { type: "string", choices: Object.keys(MODEL_PRESETS), describe: "e2e: model shape (default tiny on the CPU, qwen2.5-3b on CUDA)" })
@@ -122,6 +124,9 @@ export const benchCommand: CommandModule<object, BenchArgs> = {
     const kernels = argv.kernel.length ? argv.kernel : BENCH_KERNELS;
     for (const k of kernels) if (!BENCH_KERNELS.includes(k)) throw new QloraError("E_ARG", `unknown kernel '${k}' (expected one of ${BENCH_KERNELS.join(", ")})`);
     const log = (s: string) => (argv.json ? process.stderr.write(s + "\n") : console.log(s));
+    if (argv.iters !== undefined && (!Number.isInteger(argv.iters) || argv.iters < 1)) throw new QloraError("E_ARG", `--iters must be a positive integer, got ${argv.iters}`);
+    // the device first: building the runner with CUDA takes minutes, and "auto" names one device
+    argv.device = resolveDevice(argv.device, log);
     const exe = benchBinary(argv.device, log);
     const all: BenchRow[] = [];
     let failed = 0;

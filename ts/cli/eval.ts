@@ -1,12 +1,14 @@
 // `qlora-native eval --config FILE [--adapter DIR] [--split validation|test] [--json]`.
 import type { CommandModule } from "yargs";
 import { evaluate } from "../api/evaluate.js";
+import { QloraError } from "../errors.js";
 
 interface EvalArgs {
   config: string;
   set: string[];
   adapter?: string;
   split: "validation" | "test";
+  device?: string;
   json: boolean;
 }
 
@@ -19,12 +21,15 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
       .option("set", { type: "string", array: true, default: [], describe: "override a key: --set data.max_length=256" })
       .option("adapter", { type: "string", describe: "PEFT adapter folder (ours or PEFT-made)" })
       .option("split", { choices: ["validation", "test"] as const, default: "validation" as const })
+      .option("device", { type: "string", describe: "cpu, cuda, cuda:N or auto (same as --set advanced.device=...)" })
       .option("json", { type: "boolean", default: false, describe: 'one line {"eval_loss":..,"perplexity":..,"eval_tokens":..}' })
       .example("$0 eval --config configs/qwen2.5-3b-wikitext2.yaml --split test", "base model perplexity")
       .example("$0 eval --config my.yaml --adapter outputs/run1 --json", "with an adapter, machine-readable"),
   handler: async (argv) => {
-    const r = await evaluate({ configPath: argv.config, set: argv.set, adapter: argv.adapter, split: argv.split, onInfo: argv.json ? undefined : (l) => console.log(l) });
+    const set = argv.device !== undefined ? [...argv.set, `advanced.device=${argv.device}`] : argv.set;
+    const r = await evaluate({ configPath: argv.config, set, adapter: argv.adapter, split: argv.split, onInfo: argv.json ? undefined : (l) => console.log(l) });
     if (argv.json) process.stdout.write(JSON.stringify({ eval_loss: r.eval_loss, perplexity: r.perplexity, eval_tokens: r.eval_tokens }) + "\n");
     else console.log(`${r.split}: eval_loss ${r.eval_loss.toFixed(4)}, perplexity ${r.perplexity.toFixed(3)} over ${r.eval_tokens} tokens${r.adapter ? ` (adapter ${r.adapter})` : " (base model)"}`);
+    if (!Number.isFinite(r.eval_loss)) throw new QloraError("E_NONFINITE", `the ${r.split} loss is not finite (${r.eval_loss}): the model produced NaN or Inf`);
   },
 };

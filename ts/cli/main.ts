@@ -11,8 +11,34 @@ import { evalCommand } from "./eval.js";
 import { mergeCommand } from "./merge.js";
 import { trainCommand } from "./train.js";
 
+const FS_REASONS: Record<string, string> = {
+  EROFS: "read-only file system",
+  EACCES: "permission denied",
+  EPERM: "operation not permitted",
+  ENOSPC: "no space left on the device",
+  EDQUOT: "disk quota exceeded",
+  ENOTDIR: "a part of the path is a file, not a folder",
+  EISDIR: "it is a folder",
+  ENOENT: "no such file or folder",
+  EEXIST: "it already exists",
+  ENAMETOOLONG: "the name is too long",
+  EMFILE: "too many open files",
+  EIO: "input/output error",
+};
+
+/** A Node file-system error (code + syscall + path) as an E_IO QloraError with a plain reason. */
+export function fsErrorAsQlora(e: unknown): QloraError | null {
+  const err = e as NodeJS.ErrnoException;
+  if (!(e instanceof Error) || typeof err.code !== "string" || typeof err.syscall !== "string") return null;
+  const reason = FS_REASONS[err.code] ?? err.code;
+  const where = err.path ? ` ${err.path}` : "";
+  return new QloraError("E_IO", `cannot ${err.syscall}${where}: ${reason}`, { cause: e });
+}
+
 export function reportError(e: unknown): number {
   if (process.env.QN_DEBUG) console.error(e);
+  const fsError = e instanceof QloraError ? null : fsErrorAsQlora(e);
+  if (fsError) e = fsError;
   if (e instanceof QloraError) {
     process.stderr.write(`qlora-native: ${e.message} [${e.code}]\n`);
     return 2;

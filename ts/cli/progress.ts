@@ -46,6 +46,8 @@ export class Progress {
   log(e: LogEntry, totalSteps: number): void {
     if (e.eval_loss !== undefined) {
       this.line(`eval  step ${e.step}: eval_loss ${e.eval_loss.toFixed(4)}, perplexity ${e.eval_perplexity?.toFixed(2)}`);
+    } else if (e.test_loss !== undefined) {
+      this.line(`test  step ${e.step}: test_loss ${e.test_loss.toFixed(4)}, perplexity ${e.test_perplexity?.toFixed(2)}`);
     } else {
       const parts = [`step ${e.step}/${totalSteps}`, `epoch ${e.epoch.toFixed(2)}`];
       if (e.loss !== undefined) parts.push(`loss ${e.loss.toFixed(4)}`);

@@ -17,6 +17,7 @@ interface TrainArgs {
   set: string[];
   resume?: string;
   adapter?: string;
+  device?: string;
   json: boolean;
   nproc?: number;
   hostfile?: string;
@@ -52,6 +53,7 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
       .option("config", { type: "string", describe: "YAML config file (see configs/)" })
       .option("set", { type: "string", array: true, default: [], describe: "override a key: --set training.max_steps=100" })
       .option("resume", { type: "string", describe: '"latest" or a checkpoint folder' })
+      .option("device", { type: "string", describe: "cpu, cuda, cuda:N or auto (same as --set advanced.device=...)" })
       .option("adapter", { type: "string", describe: "continue training from a PEFT adapter folder (ours or PEFT-made): same as --set lora.init_adapter=DIR" })
       .option("json", { type: "boolean", default: false, describe: "print a JSON summary only" })
       .option("nproc", { type: "number", describe: "data parallel: run N ranks (starts mpirun -n N for you; one GPU or an equal share of the cores each)" })
@@ -72,6 +74,7 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
     const mainRank = (launcherRanks()?.rank ?? 0) === 0;
     const progress = Progress.for(process.stdout, argv.json || !mainRank);
     if (argv.adapter !== undefined) argv.set = [...argv.set, `lora.init_adapter=${path.resolve(argv.adapter)}`];
+    if (argv.device !== undefined) argv.set = [...argv.set, `advanced.device=${argv.device}`];
     const isDemo = !argv.config;
     let config;
     if (isDemo) {
@@ -83,16 +86,23 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
     }
     const abort = new AbortController();
     let interrupts = 0;
-    const onSigint = () => {
+    let exitCode = 130;
+    // SIGINT (Ctrl-C) and SIGTERM (kill, timeout, Slurm, Kubernetes): finish the step, save a
+    // checkpoint, exit 128 + signal; a second one quits at once.
+    const onSignal = (sig: NodeJS.Signals) => {
       interrupts++;
+      exitCode = sig === "SIGTERM" ? 143 : 130;
       if (interrupts === 1) {
-        progress.line("interrupt: finishing the current step, saving a checkpoint (Ctrl-C again to quit at once)");
+        progress.line(`${sig === "SIGTERM" ? "SIGTERM" : "interrupt"}: finishing the current step, saving a checkpoint (${sig === "SIGTERM" ? "a second signal" : "Ctrl-C again"} to quit at once)`);
         abort.abort();
       } else {
-        process.exit(130);
+        process.exit(exitCode);
       }
     };
+    const onSigint = () => onSignal("SIGINT");
+    const onSigterm = () => onSignal("SIGTERM");
     process.on("SIGINT", onSigint);
+    process.on("SIGTERM", onSigterm);
     // under mpirun the launcher's SIGUSR1 is the interrupt (see runUnderMpirun)
     if (launcherRanks()) process.on("SIGUSR1", onSigint);
     let totalSteps = 0;
@@ -113,8 +123,15 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
         onEval: (e) => progress.log(e, totalSteps),
         onSave: (dir) => progress.line(`checkpoint saved: ${dir}`),
       });
+    } catch (e) {
+      if (!(e instanceof QloraError && e.code === "E_ABORTED")) throw e;
+      progress.clear();
+      process.stderr.write(`qlora-native: ${e.message}\n`);
+      process.exitCode = exitCode;
+      return;
     } finally {
       process.off("SIGINT", onSigint);
+      process.off("SIGTERM", onSigterm);
       process.off("SIGUSR1", onSigint);
       progress.clear();
     }
@@ -127,6 +144,8 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
       perplexity_before: result.initialEval?.perplexity ?? null,
       eval_loss: result.finalEval?.eval_loss ?? null,
       perplexity: result.finalEval?.perplexity ?? null,
+      test_loss: result.testEval?.eval_loss ?? null,
+      test_perplexity: result.testEval?.perplexity ?? null,
       tokens_per_second: result.tokensPerSecond,
       peak_memory_bytes: result.peakMemoryBytes,
       stopped_by: result.stoppedBy,
@@ -143,7 +162,7 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
       progress.line(result.stoppedBy === "abort" ? `stopped at step ${result.globalStep}; resume with --resume latest` : `adapter, trainer_state.json and training curves in ${result.outputDir}`);
       if (isDemo) progress.line("next: the real job is  npx qlora-native train --config configs/qwen2.5-3b-wikitext2.yaml  (Qwen2.5-3B on WikiText-2; needs the model in the Hugging Face cache and a GPU)");
     }
-    if (result.stoppedBy === "abort") process.exitCode = 130;
+    if (result.stoppedBy === "abort") process.exitCode = exitCode;
     if (result.stoppedBy === "nonfinite") throw new QloraError("E_NONFINITE", "training stopped on non-finite values");
   },
 };

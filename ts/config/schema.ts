@@ -41,7 +41,7 @@ export const SCHEMA: ConfigSchema = {
     path: nullable(str("", ""), null, "A folder (wiki.*.raw, *.parquet, *.txt or *.jsonl split files) or a single file used as the train split; null looks in the HF cache."),
     train_split: str("train", "Split used for training. Split names map across layouts: validation = valid = eval = dev."),
     eval_split: nullable(str("", ""), "validation", "Split used for evaluation during training; null disables it."),
-    test_split: nullable(str("", ""), "test", "Split used for the final test evaluation; null disables it."),
+    test_split: nullable(str("", ""), "test", "Split evaluated after the last training step (test_loss and test_perplexity in trainer_state.json) and by eval --split test; null disables it."),
     text_field: str("text", "Field holding the text in .jsonl and parquet files."),
     max_length: int(512, "Tokens per training sequence: rows are truncated to it (padding mode) or cut into blocks of it (packing). 512 holds every WikiText-2 validation paragraph whole (the longest has 503 Qwen tokens).", { min: 2, max: 131072 }),
     packing: bool(false, "Join rows with EOS and cut into full max_length blocks (no padding) instead of one padded row per sequence."),

@@ -88,6 +88,13 @@ export class ExampleSet {
     return this.ids.subarray(this.starts[i], this.starts[i] + this.lengths[i]);
   }
 
+  /** Next-token targets over all examples: sum of (length - 1). */
+  targetCount(): number {
+    let n = 0;
+    for (const l of this.lengths) n += Math.max(0, l - 1);
+    return n;
+  }
+
   /** Total tokens over all examples. */
   totalTokens(): number {
     let n = 0;

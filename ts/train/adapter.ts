@@ -4,7 +4,7 @@
 // adapter_config.json (PEFT 0.21's LoraConfig field set, keys sorted, indent 2). readAdapter also
 // takes adapters PEFT wrote: f32 / bf16 / f16 tensors, keys with or without the ".default"
 // adapter name. Both files are written atomically (temp file + rename).
-import { readFile } from "node:fs/promises";
+import { mkdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import { writeFileAtomic } from "../config/atomic-write.js";
 import { QloraError } from "../errors.js";
@@ -182,8 +182,11 @@ export async function writeAdapter(
   }
   const weightsPath = path.join(dir, ADAPTER_WEIGHTS_FILE);
   const configPath = path.join(dir, ADAPTER_CONFIG_FILE);
-  await writeFileAtomic(configPath, stringifySorted(config)); // creates dir
+  // Weights first, config last (each atomic): a failure in between (a full disk) leaves the old
+  // config, which describes the same layout for a given run, never a config without its weights.
+  await mkdir(dir, { recursive: true });
   await writeSafetensors(weightsPath, tensors, { format: "pt", ...(opts.metadata ?? {}) });
+  await writeFileAtomic(configPath, stringifySorted(config));
   return { weights: weightsPath, config: configPath };
 }
 

@@ -140,6 +140,25 @@ export function listCheckpoints(outputDir: string): { path: string; step: number
   return [...found].map(([step, p]) => ({ path: p, step })).sort((a, b) => b.step - a.step);
 }
 
+/** checkpoint-N folders that are not complete checkpoints, with the reason, newest first. */
+export function damagedCheckpoints(outputDir: string): { path: string; step: number; problem: string }[] {
+  let names: string[];
+  try {
+    names = readdirSync(outputDir);
+  } catch {
+    return [];
+  }
+  const out: { path: string; step: number; problem: string }[] = [];
+  for (const n of names) {
+    const m = CHECKPOINT_RE.exec(n);
+    if (!m) continue;
+    const dir = path.join(outputDir, n);
+    const problem = checkManifestSync(dir, Number(m[1]));
+    if (problem) out.push({ path: dir, step: Number(m[1]), problem });
+  }
+  return out.sort((a, b) => b.step - a.step);
+}
+
 /** null when the folder holds a valid manifest whose files all exist with the listed sizes. */
 function checkManifestSync(dir: string, step?: number): string | null {
   let man: Manifest;

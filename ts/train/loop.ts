@@ -5,7 +5,8 @@
 //     taken on every rank (together they hold exactly what one rank with batch B x D would);
 //   - lr per update k from the schedule (transformers' formulas), clipping by global norm;
 //   - logging every logging_steps (mean loss since the last log), eval every eval_steps and at
-//     the end, checkpoints every save_steps (rotated), SIGINT/abort -> checkpoint and clean exit;
+//     the end, checkpoints every save_steps and at the last step (rotated), SIGINT/SIGTERM/abort ->
+//     checkpoint and clean exit;
 //   - non-finite steps are skipped and counted; nonfinite_patience in a row stops the run with a
 //     checkpoint of the last good state.
 import type { ResolvedConfig } from "../config/types.js";
@@ -99,6 +100,7 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
   let lastTrainLoss = NaN;
   let lastEval: EvalResult | null = null;
   let stoppedBy: LoopResult["stoppedBy"] = "completed";
+  const startStep = state.globalStep;
 
   const runEval = async (): Promise<void> => {
     if (!ctx.evalSet) return;
@@ -197,6 +199,13 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
   } else {
     if (ctx.evalSet) await runEval();
     await ctx.writeLogs();
+    // As transformers does: the last step is checkpointed too (after its evaluation, so the
+    // checkpoint's log history has it), so --resume latest with a larger max_steps continues
+    // from here and not from the last interval.
+    if (saveEvery > 0 && state.globalStep > startStep) {
+      const dir = await ctx.saveCheckpoint("final");
+      events.onSave?.(dir);
+    }
   }
   const elapsed = (performance.now() - runStart) / 1000;
   return { globalStep: state.globalStep, totalSteps, trainLoss: lastTrainLoss, stoppedBy, lastEval, tokensPerSecond: runTokens / Math.max(elapsed, 1e-9) };

@@ -36,6 +36,8 @@ export interface LogEntry {
   grad_norm?: number;
   eval_loss?: number;
   eval_perplexity?: number;
+  test_loss?: number;
+  test_perplexity?: number;
   tokens_per_second?: number;
   peak_memory_bytes?: number;
   [key: string]: number | undefined;
