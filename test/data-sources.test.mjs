@@ -127,7 +127,7 @@ test("missing split: names the folder, the names tried and the files present", (
       err.message,
       [
         `split "validation" not found in ${dir}.`,
-        "Looked for wiki.validation.raw, wiki.valid.raw, wiki.val.raw, wiki.eval.raw, wiki.dev.raw, validation-*.parquet, valid-*.parquet, val-*.parquet, eval-*.parquet, dev-*.parquet, validation.jsonl/.txt, valid.jsonl/.txt, val.jsonl/.txt, eval.jsonl/.txt, dev.jsonl/.txt.",
+        "Looked for wiki.validation.raw, wiki.valid.raw, wiki.val.raw, wiki.eval.raw, wiki.dev.raw, validation-NNNNN-of-MMMMM.parquet, validation.parquet, valid-NNNNN-of-MMMMM.parquet, valid.parquet, val-NNNNN-of-MMMMM.parquet, val.parquet, eval-NNNNN-of-MMMMM.parquet, eval.parquet, dev-NNNNN-of-MMMMM.parquet, dev.parquet, validation.jsonl/.txt, valid.jsonl/.txt, val.jsonl/.txt, eval.jsonl/.txt, dev.jsonl/.txt.",
         `Data files present: ${join(dir, "wiki.train.raw")}`,
         "Set data.eval_split to a split name present there or to a file path, or to null to skip this split.",
       ].join("\n"),

@@ -19,8 +19,8 @@ export class Progress {
     private readonly mode: "tty" | "plain" | "quiet",
   ) {}
 
-  static for(stream: NodeJS.WriteStream, json: boolean): Progress {
-    return new Progress(stream, json ? "quiet" : stream.isTTY ? "tty" : "plain");
+  static for(stream: NodeJS.WriteStream, json: boolean, plain = false): Progress {
+    return new Progress(stream, json ? "quiet" : stream.isTTY && !plain ? "tty" : "plain");
   }
 
   line(text: string): void {

@@ -72,7 +72,8 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
     }
     // data parallel: only rank 0 talks (the others print warnings and errors only)
     const mainRank = (launcherRanks()?.rank ?? 0) === 0;
-    const progress = Progress.for(process.stdout, argv.json || !mainRank);
+    // under mpirun a rank's stdout may be a terminal that mpirun relays into a log: plain lines there
+    const progress = Progress.for(process.stdout, argv.json || !mainRank, launcherRanks() !== null);
     if (argv.adapter !== undefined) argv.set = [...argv.set, `lora.init_adapter=${path.resolve(argv.adapter)}`];
     if (argv.device !== undefined) argv.set = [...argv.set, `advanced.device=${argv.device}`];
     const isDemo = !argv.config;

@@ -1,6 +1,6 @@
 // Finding the files of each split across the layouts a dataset comes in:
 //   wikitext raw folder   wiki.{train,valid,test}.raw (or .tokens)
-//   parquet               {split}-00000-of-00001.parquet, {split}-*.parquet shards, {split}.parquet
+//   parquet               {split}-00000-of-00001.parquet, {split}-NNNNN-of-MMMMM.parquet shards, {split}.parquet
 //   jsonl / txt           {split}.jsonl, {split}.txt
 // searched in the folder itself, in <folder>/<dataset>/ (the HF repo layout) and <folder>/data/.
 // Without data.path the dataset is looked up in the Hugging Face hub cache
@@ -79,7 +79,7 @@ function missingSplit(split: string, dirs: string[], key: string): QloraError {
     "E_DATA",
     [
       `split "${split}" not found in ${dirs.join(", ") || "(no folder)"}.`,
-      `Looked for ${names.map((n) => `wiki.${n}.raw`).join(", ")}, ${names.map((n) => `${n}-*.parquet`).join(", ")}, ${names.map((n) => `${n}.jsonl/.txt`).join(", ")}.`,
+      `Looked for ${names.map((n) => `wiki.${n}.raw`).join(", ")}, ${names.map((n) => `${n}-NNNNN-of-MMMMM.parquet, ${n}.parquet`).join(", ")}, ${names.map((n) => `${n}.jsonl/.txt`).join(", ")}.`,
       seen.length ? `Data files present: ${seen.slice(0, 12).join(", ")}${seen.length > 12 ? ", ..." : ""}` : "No data files (.raw, .parquet, .jsonl, .txt) are there.",
       `Set data.${key} to a split name present there or to a file path${key === "train_split" ? "" : ", or to null to skip this split"}.`,
     ].join("\n"),
