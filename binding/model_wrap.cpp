@@ -119,7 +119,8 @@ qn::model::OptimOptions ParseOptim(const Napi::Value& v, const std::string& fn) 
   r.beta2 = GetNumber(o, fn, "beta2");
   r.eps = GetNumber(o, fn, "eps");
   r.max_grad_norm = static_cast<float>(GetNumber(o, fn, "maxGradNorm"));
-  if (r.lr < 0) Throw(env, "E_ARG", fn + ": lr must be >= 0");
+  if (!(r.lr >= 0)) Throw(env, "E_ARG", fn + ": lr must be >= 0");
+  if (!(r.weight_decay >= 0)) Throw(env, "E_ARG", fn + ": weightDecay must be >= 0");
   if (!(r.beta1 >= 0 && r.beta1 < 1) || !(r.beta2 >= 0 && r.beta2 < 1)) Throw(env, "E_ARG", fn + ": beta1 and beta2 must be in [0, 1)");
   if (!(r.eps > 0)) Throw(env, "E_ARG", fn + ": eps must be > 0");
   const std::string opt = GetString(o, fn, "optim", "adamw_32bit");
@@ -530,6 +531,8 @@ Napi::Value ModelWrap::TrainStep(const Napi::CallbackInfo& info) {
   const bool allreduce = info.Length() > 3 && info[3].IsObject() && info[3].As<Napi::Object>().Get("allreduce").ToBoolean().Value();
   if (arr.Length() == 0 && !allreduce)
     Throw(env, "E_ARG", "Model.trainStep: microBatches is empty (only a data-parallel step, {allreduce: true}, may have no batches on a rank)");
+  if (allreduce && !qn::dist::info().active)
+    Throw(env, "E_ARG", "Model.trainStep: {allreduce: true} needs data parallel started (dist.init() under mpirun) before the step");
   auto batches = std::make_shared<std::vector<HostBatch>>();
   for (uint32_t i = 0; i < arr.Length(); ++i)
     batches->push_back(ParseBatch(arr.Get(i), "Model.trainStep(microBatches[" + std::to_string(i) + "])", true));

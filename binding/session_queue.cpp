@@ -14,10 +14,21 @@ struct SessionQueue::Task {
 
 SessionQueue::SessionQueue(Napi::Env env) {
   shared_ = std::make_shared<Shared>();
+  std::weak_ptr<Shared> weak = shared_;
   shared_->tsfn = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}),
-                                               "qlora-native session", 0, 1);
+                                               "qlora-native session", 0, 1, [weak](Napi::Env) {
+                                                 if (auto sh = weak.lock()) sh->finalized = true;
+                                               });
   shared_->tsfn.Unref(env);
+  env_ = env;
+  hook_ = napi_add_env_cleanup_hook(env, &SessionQueue::EnvCleanup, this) == napi_ok;
   thread_ = std::thread([this] { Loop(); });
+}
+
+void SessionQueue::EnvCleanup(void* self) {
+  auto* q = static_cast<SessionQueue*>(self);
+  q->hook_ = false;  // running now: Close() must not unregister it
+  q->Close();
 }
 
 SessionQueue::~SessionQueue() { Close(); }
@@ -79,6 +90,10 @@ void SessionQueue::Settle(Napi::Env env, Task* task) {
 }
 
 void SessionQueue::Close() {
+  if (hook_) {
+    napi_remove_env_cleanup_hook(env_, &SessionQueue::EnvCleanup, this);
+    hook_ = false;
+  }
   {
     std::lock_guard<std::mutex> g(mu_);
     if (closed_) return;
@@ -88,7 +103,7 @@ void SessionQueue::Close() {
   if (thread_.joinable()) thread_.join();
   closed_ = true;
   shared_->released = true;
-  shared_->tsfn.Release();
+  if (!shared_->finalized) shared_->tsfn.Release();
 }
 
 }  // namespace qnb

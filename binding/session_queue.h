@@ -21,7 +21,7 @@ class SessionQueue {
   explicit SessionQueue(Napi::Env env);
   ~SessionQueue();
   Napi::Promise Submit(Napi::Env env, Work work, Done done);
-  // Runs the remaining tasks, then stops the thread. Safe to call twice.
+  // Runs the remaining tasks, then stops the thread. Safe to call twice. JS thread only.
   void Close();
   size_t Pending() const { return shared_->pending; }
 
@@ -32,9 +32,18 @@ class SessionQueue {
     Napi::ThreadSafeFunction tsfn;
     size_t pending = 0;  // touched on the JS thread only
     bool released = false;
+    bool finalized = false;  // Node freed the thread-safe function (environment teardown)
   };
   void Loop();
   static void Settle(Napi::Env env, Task* task);
+  // Environment teardown: registered after the thread-safe function, so it runs before Node
+  // tears that down (cleanup hooks run last-in first-out): stops the thread and releases the
+  // function while both are still valid. A session never disposed (several of them, say) would
+  // otherwise release a function Node had already freed when the garbage collector finally runs
+  // its destructor, and the process aborted at exit.
+  static void EnvCleanup(void* self);
+  napi_env env_ = nullptr;
+  bool hook_ = false;
 
   std::shared_ptr<Shared> shared_;
   std::thread thread_;

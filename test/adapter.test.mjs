@@ -120,7 +120,7 @@ test("reads bf16 / f16 tensors and keys with the '.default' adapter name", async
 test("errors: missing files, wrong peft_type, unpaired or mis-shaped weights", async () => {
   const dir = tmp();
   try {
-    await assert.rejects(readAdapter(dir), { code: "E_IO" });
+    await assert.rejects(readAdapter(dir), { code: "E_NOT_FOUND" });
     const A = { shape: [4, 8], data: new Float32Array(32) };
     const B = { shape: [16, 4], data: new Float32Array(64) };
     const base = "base_model.model.model.layers.0.self_attn.q_proj";

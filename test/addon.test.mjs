@@ -140,3 +140,20 @@ test("the event loop keeps turning while a long native job runs", async () => {
   assert.equal((await big.toHost())[12345], 29);
   s.dispose();
 });
+
+test("sessions never disposed (several, used, also in a worker thread) let the process exit cleanly", async () => {
+  // (an unref'd thread-safe function that Node freed at teardown was released again by the
+  // sessions' destructors: SIGABRT, exit 134, after the script itself had finished)
+  const { spawnSync } = await import("node:child_process");
+  const index = new URL("../dist/index.js", import.meta.url).href;
+  const body = `const m = await import(${JSON.stringify(index)}); const a = m.openSession("cpu"), b = m.openSession("cpu"), c = m.openSession("cpu");` +
+    ` await a.synchronize(); await b.synchronize(); await c.synchronize(); console.log("done");`;
+  const worker = `const { Worker } = require("node:worker_threads");` +
+    ` const w = new Worker(${JSON.stringify(`(async () => { ${body} })()`)}, { eval: true });` +
+    ` w.on("exit", (code) => console.log("worker exit " + code));`;
+  for (const [args, want] of [[["--input-type=module", "-e", body], /done/], [["-e", worker], /done\nworker exit 0/]]) {
+    const r = spawnSync(process.execPath, args, { encoding: "utf8", env: process.env, timeout: 60_000 });
+    assert.equal(r.status, 0, `exit ${r.status} signal ${r.signal}: ${r.stderr}`);
+    assert.match(r.stdout, want);
+  }
+});

@@ -35,3 +35,20 @@ test("the demo runs to completion and eval perplexity falls", { timeout: 10 * 60
   const state = JSON.parse(readFileSync(path.join(out, "trainer_state.json"), "utf8"));
   assert.equal(state.global_step, state.max_steps);
 });
+
+test("ensureDemoModel never replaces a folder that is not a demo model; concurrent calls agree", async (t) => {
+  const { ensureDemoModel } = await import("../dist/demo/model.js");
+  const { mkdirSync, writeFileSync, readdirSync } = await import("node:fs");
+  const base = mkdtempSync(path.join(os.tmpdir(), "qn-demo-model-"));
+  t.after(() => rmSync(base, { recursive: true, force: true }));
+  const user = path.join(base, "user");
+  mkdirSync(path.join(user, "important"), { recursive: true });
+  writeFileSync(path.join(user, "important", "notes.txt"), "keep me");
+  await assert.rejects(ensureDemoModel(user), (e) => e.code === "E_ARG" && /not a demo model folder/.test(e.message));
+  assert.equal(readFileSync(path.join(user, "important", "notes.txt"), "utf8"), "keep me");
+  const dir = path.join(base, "demo");
+  const r = await Promise.all([1, 2, 3].map(() => ensureDemoModel(dir)));
+  assert.deepEqual(r, [dir, dir, dir]);
+  assert.ok(existsSync(path.join(dir, "model.safetensors")) && existsSync(path.join(dir, "qlora-native-demo.txt")));
+  assert.deepEqual(readdirSync(base).sort(), ["demo", "user"], "no temp folders left");
+});

@@ -180,6 +180,9 @@ test("native Model: synchronous argument checks, async errors, disposal", async 
     // no batches: only a data-parallel step ({allreduce: true}, a rank whose shard ran out) may
     expectThrow(() => nm.trainStep([], 1, { lr: 1e-3, weightDecay: 0, beta1: 0.9, beta2: 0.999, eps: 1e-8, maxGradNorm: 1 }), "E_ARG", /microBatches is empty/);
     expectThrow(() => nm.optimizerStep({ lr: 1e-3, weightDecay: 0, beta1: 0.9, beta2: 0.999, eps: 1e-8, maxGradNorm: 1, optim: "sgd" }), "E_ARG", /optim/);
+    expectThrow(() => nm.optimizerStep({ lr: 1e-3, weightDecay: -0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, maxGradNorm: 1 }), "E_ARG", /weightDecay/);
+    // a data-parallel step without MPI started: refused before the forward pass, not after
+    expectThrow(() => nm.trainStep([batch], 1, { lr: 1e-3, weightDecay: 0, beta1: 0.9, beta2: 0.999, eps: 1e-8, maxGradNorm: 1 }, { allreduce: true }), "E_ARG", /dist\.init/);
     expectThrow(() => nm.setWeight("model.norm.weight", "i32", [64], new Uint8Array(256)), "E_DTYPE");
     expectThrow(() => nm.setWeight("model.norm.weight", "f32", [64], new Uint8Array(255)), "E_SHAPE", /255 bytes/);
     await expectReject(nm.setWeight("model.norm.weight", "f32", [65], new Uint8Array(260)), "E_SHAPE", /model\.norm\.weight/, /\[65\]/);
@@ -211,6 +214,24 @@ test("native Model: synchronous argument checks, async errors, disposal", async 
   expectThrow(() => m2.native.zeroGrad(), "E_DISPOSED");
   m2.dispose();
   expectThrow(() => new native.Model(openSession("cpu"), {}), "E_ARG", /hiddenSize/);
+  await expectReject(loadModel(SRC), "E_ARG", /options are required/);
+  await expectReject(loadModel(SRC, { lora: { r: 4, alpha: 8, targets: "q_proj" } }), "E_ARG", /"all-linear" or an array/);
+});
+
+test("setLoraAll takes a Map (readAdapter's) or a record; a huge shape is E_SHAPE", async () => {
+  await withModel(SRC, {}, async (m) => {
+    const before = (await m.evalLoss(batch)).lossSum;
+    const { readAdapter } = await import("../dist/train/adapter.js");
+    const a = await readAdapter(new URL("./fixtures/models/qwen2_gqa_hd16/adapter/", import.meta.url).pathname);
+    await m.setLoraAll(a.loraWeights);
+    const withMap = (await m.evalLoss(batch)).lossSum;
+    assert.notEqual(withMap, before, "the adapter changed the loss");
+    await m.setLoraAll(Object.fromEntries(a.loraWeights));
+    assert.equal((await m.evalLoss(batch)).lossSum, withMap);
+  });
+  const s = openSession("cpu");
+  expectThrow(() => s.empty("f32", [2 ** 32, 2 ** 32]), "E_SHAPE", /too many elements/);
+  s.dispose();
 });
 
 test("initLora, optimizer state round trip, paged 8-bit optimizer", async () => {

@@ -1,19 +1,19 @@
 // Device selection: "auto" | "cpu" | "cuda" | "cuda:N". "auto" takes the first GPU when the CUDA
-// backend is usable and otherwise falls back to the CPU with one notice per process.
+// backend is usable and otherwise falls back to the CPU, telling `notice` (a library prints nothing
+// by itself: the CLI and train() pass their own warning channel).
 import { QloraError } from "./errors.js";
 import { native } from "./native.js";
 
 export type DeviceSpec = "auto" | "cpu" | "cuda" | `cuda:${number}`;
 
 const DEVICE_RE = /^(auto|cpu|cuda|cuda:\d{1,4})$/;
-let noticeShown = false;
 
 export function isDeviceSpec(s: unknown): s is DeviceSpec {
   return typeof s === "string" && DEVICE_RE.test(s);
 }
 
 /** Resolves a device spec to a concrete device name ("cpu" or "cuda:N"). */
-export function resolveDevice(spec: string = "auto", notice: (msg: string) => void = (m) => console.warn(m)): string {
+export function resolveDevice(spec: string = "auto", notice?: (msg: string) => void): string {
   if (!isDeviceSpec(spec)) {
     throw new QloraError("E_ARG", `unknown device '${spec}': expected auto, cpu, cuda or cuda:N`);
   }
@@ -21,10 +21,7 @@ export function resolveDevice(spec: string = "auto", notice: (msg: string) => vo
   const cuda = native.systemInfo(false).cuda;
   if (spec === "auto") {
     if (cuda.available) return "cuda:0";
-    if (!noticeShown) {
-      noticeShown = true;
-      notice(`qlora-native: no usable GPU (${cuda.compiled ? cuda.reason : "CUDA backend not built"}); running on the CPU`);
-    }
+    notice?.(`qlora-native: no usable GPU (${cuda.compiled ? cuda.reason : "CUDA backend not built"}); running on the CPU`);
     return "cpu";
   }
   const index = spec === "cuda" ? 0 : Number(spec.slice(5));

@@ -9,8 +9,9 @@ export type Tensor = NativeTensor;
 export type Session = NativeSession;
 
 /** Opens a session on "auto" (default), "cpu", "cuda" or "cuda:N". */
-export function openSession(device: string = "auto"): Session {
-  return new native.Session(resolveDevice(device)) as Session;
+/** A session on a device ("auto" takes the first GPU, else the CPU: `onWarning` hears about that). */
+export function openSession(device: string = "auto", options: { onWarning?: (message: string) => void } = {}): Session {
+  return new native.Session(resolveDevice(device, options.onWarning)) as Session;
 }
 
 const DTYPE_OF: [new (...a: any[]) => HostArray, DType][] = [

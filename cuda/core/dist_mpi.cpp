@@ -48,6 +48,7 @@ struct Api {
 Api g_api;
 Info g_info;
 std::mutex g_init_mu;
+bool g_finalized = false;  // MPI_Finalize ran: MPI cannot start again
 
 // ---- heartbeat files: which collective each rank entered last (for the watchdog's message) ----
 // Rank r keeps <dir>/rank-<r>: one fixed-size text record, rewritten in place with one pwrite (no
@@ -404,6 +405,8 @@ const Info& info() { return g_info; }
 const Info& init() {
   std::lock_guard<std::mutex> lk(g_init_mu);
   if (g_info.active) return g_info;
+  // MPI cannot start again in a process once finalized (MPI_Init would abort it)
+  if (g_finalized) fail(ErrorCode::Arg, "dist: init after finalize: MPI cannot be started twice in one process");
   std::string tried;
   void* lib = nullptr;
   std::string path;
@@ -497,6 +500,10 @@ void allreduce_sum_f64(double* data, int64_t n, const char* what) { allreduce_su
 
 void broadcast(void* data, int64_t bytes, int root, const char* what) {
   require_active(what);
+  // an invalid root makes MPI's error handler end the process: refuse it here
+  if (root < 0 || root >= g_info.world_size)
+    fail(ErrorCode::Arg, std::string("dist: ") + what + ": root " + std::to_string(root) + " is not a rank of this job (0.." +
+                             std::to_string(g_info.world_size - 1) + ")");
   Guard g(what);
   char* p = static_cast<char*>(data);
   for (int64_t off = 0; off < bytes; off += INT_MAX / 2) {
@@ -536,6 +543,7 @@ void finalize() {
   g_api.Finalized(&fin);
   if (!fin) g_api.Finalize();
   g_info.active = false;
+  g_finalized = true;
 }
 
 }  // namespace dist

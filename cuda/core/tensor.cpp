@@ -31,6 +31,13 @@ Tensor Tensor::empty(const std::shared_ptr<Context>& ctx, DType dtype, const Sha
   for (int64_t d : shape)
     QN_CHECK(d >= 0, Shape, "negative dimension in shape " + shape_str(shape));
   QN_CHECK(shape.size() <= 8, Shape, "at most 8 dimensions are supported, got " + shape_str(shape));
+  // element and byte counts must fit in 2^62 (a product that wraps would allocate a wrong size)
+  int64_t n = 1;
+  const int64_t limit = (int64_t(1) << 62) / static_cast<int64_t>(dtype_size(dtype));
+  for (int64_t d : shape) {
+    QN_CHECK(d == 0 || n <= limit / d, Shape, "shape " + shape_str(shape) + " has too many elements");
+    n *= d;
+  }
   Tensor t;
   t.dtype_ = dtype;
   t.shape_ = shape;

@@ -1,6 +1,6 @@
 // evaluate(): loss and perplexity of the base model, or base + a PEFT adapter (ours or PEFT-made),
 // on a split of the configured data set. Behind `qlora-native eval`.
-import { loadConfig } from "../config/load.js";
+import { loadConfig, validateConfig } from "../config/load.js";
 import type { ResolvedConfig } from "../config/types.js";
 import { buildExampleSets } from "../data/loader.js";
 import { prepareDataset } from "../data/prepare.js";
@@ -11,7 +11,8 @@ import { evaluateExamples, type EvalResult } from "../train/evaluate.js";
 import { openModelFor } from "./train.js";
 
 export interface EvaluateOptions {
-  config?: ResolvedConfig;
+  /** a config object (validated like a file: missing keys take their defaults), or a YAML path plus overrides */
+  config?: ResolvedConfig | Record<string, unknown>;
   configPath?: string;
   set?: string[];
   /** folder with adapter_model.safetensors + adapter_config.json */
@@ -23,7 +24,10 @@ export interface EvaluateOptions {
 }
 
 export async function evaluate(options: EvaluateOptions = {}): Promise<EvalResult & { split: string; adapter: string | null }> {
-  let config = options.config ?? (await loadConfig(options.configPath, { set: options.set }));
+  // a config object is validated like a file (defaults filled in, bad values named)
+  let config = options.config ? validateConfig(options.config) : await loadConfig(options.configPath, { set: options.set });
+  if (options.split !== undefined && options.split !== "validation" && options.split !== "test")
+    throw new QloraError("E_ARG", `evaluate: split must be "validation" or "test", got ${JSON.stringify(options.split)}`);
   const info = options.onInfo ?? (() => {});
   let adapter = null;
   if (options.adapter) {
@@ -39,7 +43,7 @@ export async function evaluate(options: EvaluateOptions = {}): Promise<EvalResul
   const sets = buildExampleSets(prepared, config);
   const examples = split === "test" ? sets.test : sets.eval;
   if (!examples) throw new QloraError("E_DATA", `the data set has no ${split} split (data.${split === "test" ? "test_split" : "eval_split"})`);
-  const { model } = await openModelFor(config, device, info);
+  const { model, session } = await openModelFor(config, device, info);
   try {
     if (adapter) {
       const expected = new Set(model.loraLayout().map((l) => l.key));
@@ -56,5 +60,6 @@ export async function evaluate(options: EvaluateOptions = {}): Promise<EvalResul
     return { ...r, split, adapter: options.adapter ?? null };
   } finally {
     model.dispose();
+    session.dispose();
   }
 }

@@ -40,6 +40,8 @@ function baseNameOf(peftKey: string): { base: string; which: "A" | "B" } {
 }
 
 export async function merge(options: MergeOptions): Promise<MergeResult> {
+  if (!options || typeof options.adapter !== "string" || typeof options.out !== "string")
+    throw new QloraError("E_ARG", "merge: options { adapter: string, out: string, model?, revision? } are required");
   const info = options.onInfo ?? (() => {});
   const adapter = await readAdapter(options.adapter);
   const modelRef = options.model ?? adapter.config.base_model_name_or_path;

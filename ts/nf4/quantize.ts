@@ -152,6 +152,8 @@ async function readJson(file: string): Promise<Record<string, unknown>> {
 
 /** Quantizes an HF checkpoint folder to a bnb-NF4 checkpoint folder (see the file header). */
 export async function quantizeCheckpoint(opts: QuantizeOptions): Promise<QuantizeResult> {
+  if (!opts || typeof opts.model !== "string" || typeof opts.out !== "string")
+    throw new QloraError("E_ARG", "quantizeCheckpoint: options { model: string, out: string, ... } are required");
   const t0 = performance.now();
   const blocksize = opts.blocksize ?? 64;
   const doubleQuant = opts.doubleQuant ?? true;

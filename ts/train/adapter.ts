@@ -197,8 +197,9 @@ export async function readAdapterConfig(dir: string): Promise<PeftAdapterConfig>
   try {
     c = JSON.parse(await readFile(file, "utf8"));
   } catch (e) {
-    const io = (e as NodeJS.ErrnoException).code !== undefined;
-    throw new QloraError(io ? "E_IO" : "E_FORMAT", `cannot read ${file}: ${(e as Error).message}`, { cause: e });
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "ENOENT") throw new QloraError("E_NOT_FOUND", `${dir} is not an adapter folder: no ${ADAPTER_CONFIG_FILE} there`, { cause: e });
+    throw new QloraError(code !== undefined ? "E_IO" : "E_FORMAT", `cannot read ${file}: ${(e as Error).message}`, { cause: e });
   }
   if (!c || typeof c !== "object") throw new QloraError("E_FORMAT", `${file}: not a JSON object`);
   if (c.peft_type !== "LORA") throw new QloraError("E_FORMAT", `${file}: peft_type is ${JSON.stringify(c.peft_type)}, only "LORA" adapters are supported`);

@@ -57,6 +57,7 @@ export interface LoopContext {
 export interface LoopResult {
   globalStep: number;
   totalSteps: number;
+  /** mean loss over the steps this run took (transformers' train_loss); NaN when none ran */
   trainLoss: number;
   stoppedBy: "completed" | "abort" | "nonfinite";
   lastEval: EvalResult | null;
@@ -97,7 +98,9 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
   let logStart = performance.now();
   let runTokens = 0;
   const runStart = performance.now();
-  let lastTrainLoss = NaN;
+  // transformers' train_loss: the mean training loss over the steps this run took
+  let runLossSum = 0;
+  let runLossSteps = 0;
   let lastEval: EvalResult | null = null;
   let stoppedBy: LoopResult["stoppedBy"] = "completed";
   const startStep = state.globalStep;
@@ -158,7 +161,8 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
     if (!r.nonFinite && r.tokens > 0) {
       win.lossSum += stepLoss;
       win.steps++;
-      lastTrainLoss = stepLoss;
+      runLossSum += stepLoss;
+      runLossSteps++;
     }
     win.tokens += stepTokens;
     runTokens += stepTokens;
@@ -194,8 +198,11 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
   }
 
   if (stoppedBy === "abort") {
-    const dir = await ctx.saveCheckpoint("interrupt");
-    events.onSave?.(dir);
+    // nothing new to save when no step ran since the start (or the resume point)
+    if (state.globalStep > startStep) {
+      const dir = await ctx.saveCheckpoint("interrupt");
+      events.onSave?.(dir);
+    }
   } else {
     if (ctx.evalSet) await runEval();
     await ctx.writeLogs();
@@ -208,5 +215,5 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
     }
   }
   const elapsed = (performance.now() - runStart) / 1000;
-  return { globalStep: state.globalStep, totalSteps, trainLoss: lastTrainLoss, stoppedBy, lastEval, tokensPerSecond: runTokens / Math.max(elapsed, 1e-9) };
+  return { globalStep: state.globalStep, totalSteps, trainLoss: runLossSteps ? runLossSum / runLossSteps : NaN, stoppedBy, lastEval, tokensPerSecond: runTokens / Math.max(elapsed, 1e-9) };
 }
