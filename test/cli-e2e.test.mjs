@@ -182,6 +182,16 @@ test("file-system errors are E_IO with a plain reason; data with nothing to pred
   assert.match(d.stderr, /no tokens to predict.*\[E_DATA\]/);
 });
 
+test("eval reads and tokenizes only the split it evaluates (no train split needed)", () => {
+  const dir = path.join(work, "eval-only");
+  mkdirSync(dir, { recursive: true });
+  for (const f of ["validation.txt", "test.txt"]) cpSync(path.join(root, "assets", "demo", f), path.join(dir, f));
+  const cfg = writeConfig("eval-only", path.join(work, "run-eval-only"));
+  const r = run("eval", "--config", cfg, "--set", `data.path=${dir}`, "--split", "test", "--json");
+  assert.equal(r.status, 0, r.stderr);
+  assert.ok(JSON.parse(r.stdout.trim()).eval_tokens > 0);
+});
+
 test("bad flags and bad configs give one-line errors and a non-zero exit", () => {
   const r = run("train", "--bogus");
   assert.notEqual(r.status, 0);

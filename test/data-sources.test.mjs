@@ -127,7 +127,7 @@ test("missing split: names the folder, the names tried and the files present", (
       err.message,
       [
         `split "validation" not found in ${dir}.`,
-        "Looked for wiki.validation.raw, wiki.valid.raw, wiki.val.raw, wiki.eval.raw, wiki.dev.raw, validation-NNNNN-of-MMMMM.parquet, validation.parquet, valid-NNNNN-of-MMMMM.parquet, valid.parquet, val-NNNNN-of-MMMMM.parquet, val.parquet, eval-NNNNN-of-MMMMM.parquet, eval.parquet, dev-NNNNN-of-MMMMM.parquet, dev.parquet, validation.jsonl/.txt, valid.jsonl/.txt, val.jsonl/.txt, eval.jsonl/.txt, dev.jsonl/.txt.",
+        "Looked for wiki.validation.raw, wiki.valid.raw, wiki.val.raw, wiki.eval.raw, wiki.dev.raw, validation-NNNNN-of-MMMMM[-hash].parquet, validation.parquet, validation/*.parquet, valid-NNNNN-of-MMMMM[-hash].parquet, valid.parquet, valid/*.parquet, val-NNNNN-of-MMMMM[-hash].parquet, val.parquet, val/*.parquet, eval-NNNNN-of-MMMMM[-hash].parquet, eval.parquet, eval/*.parquet, dev-NNNNN-of-MMMMM[-hash].parquet, dev.parquet, dev/*.parquet, validation.jsonl/.txt, valid.jsonl/.txt, val.jsonl/.txt, eval.jsonl/.txt, dev.jsonl/.txt.",
         `Data files present: ${join(dir, "wiki.train.raw")}`,
         "Set data.eval_split to a split name present there or to a file path, or to null to skip this split.",
       ].join("\n"),
@@ -164,7 +164,42 @@ test("bad data files: clear errors naming the file", async (t) => {
   await assert.rejects(readSplitRows({ split: "train", format: "txt", files: [join(dir, "gone.txt")] }, "text"), (err) => err.code === "E_NOT_FOUND" && err.message.includes(join(dir, "gone.txt")));
 });
 
-test("a UTF-8 byte order mark is dropped", async (t) => {
+test("a UTF-8 byte order mark stays text, as Python's open(encoding='utf-8') reads it", async (t) => {
   const dir = writeTree(tempDir(t), { "train.txt": "\ufeffhello\nworld\n" });
-  assert.deepEqual((await readSplitRows({ split: "train", format: "txt", files: [join(dir, "train.txt")] }, "text")).rows, ["hello", "world"]);
+  assert.deepEqual((await readSplitRows({ split: "train", format: "txt", files: [join(dir, "train.txt")] }, "text")).rows, ["\ufeffhello", "world"]);
+});
+
+test(".txt lines split as the HF text loader splits them (universal newlines, then str.splitlines); keep_linebreaks keeps the breaks", async (t) => {
+  // Python: open(f, encoding="utf-8").read().splitlines(keepends=k) on this text gives these rows
+  const text = "one\r\ntwo\rthree\x0bfour\x0cfive\u2028six\x85seven\nlast\x0c";
+  const dir = writeTree(tempDir(t), { "train.txt": text, "wiki.train.raw": "a\rb\r\nc\n" });
+  const txt = { split: "train", format: "txt", files: [join(dir, "train.txt")] };
+  assert.deepEqual((await readSplitRows(txt, "text")).rows, ["one", "two", "three", "four", "five", "six", "seven", "last"]);
+  assert.deepEqual((await readSplitRows(txt, "text", { keepLinebreaks: true })).rows, ["one\n", "two\n", "three\x0b", "four\x0c", "five\u2028", "six\x85", "seven\n", "last\x0c"]);
+  // wikitext raw (the dataset script iterates the file: line breaks only, universal newlines)
+  const raw = { split: "train", format: "wikitext-raw", files: [join(dir, "wiki.train.raw")] };
+  assert.deepEqual((await readSplitRows(raw, "text")).rows, ["a\n", "b\n", "c\n"]);
+});
+
+test("parquet: GZIP and BROTLI pages read; ZSTD is a clear error; the BOM stays", async () => {
+  const dir = join(ROOT, "test", "assets", "data", "parquet-codecs");
+  for (const codec of ["gzip", "brotli"]) {
+    const r = await readSplitRows({ split: "train", format: "parquet", files: [join(dir, `train-${codec}.parquet`)] }, "text");
+    assert.deepEqual(r.rows, ["\ufeffA byte order mark starts this row.", "Second row, plain.", "Third row: 東京 and an emoji 🙂."], codec);
+    assert.equal(r.totalRows, 4);
+  }
+  await assert.rejects(readSplitRows({ split: "train", format: "parquet", files: [join(dir, "train-zstd.parquet")] }, "text"), (e) => e.code === "E_DATA" && /compression ZSTD is not supported.*snappy/.test(e.message));
+});
+
+test("hub shard names with a hash suffix and the converted <split>/NNNN.parquet layout are found", (t) => {
+  const dir = writeTree(tempDir(t), {
+    "data/train-00000-of-00002-d9a5a2a1c0e6b7f5.parquet": "x",
+    "data/train-00001-of-00002-d9a5a2a1c0e6b7f5.parquet": "x",
+    "default/validation/0000.parquet": "x",
+    "default/validation/0001.parquet": "x",
+  });
+  const train = findSplit(dir, "any", "train");
+  assert.deepEqual(train.files.map((f) => f.slice(dir.length + 1)), ["data/train-00000-of-00002-d9a5a2a1c0e6b7f5.parquet", "data/train-00001-of-00002-d9a5a2a1c0e6b7f5.parquet"]);
+  const val = findSplit(dir, "any", "validation", "eval_split");
+  assert.deepEqual(val.files.map((f) => f.slice(dir.length + 1)), ["default/validation/0000.parquet", "default/validation/0001.parquet"]);
 });

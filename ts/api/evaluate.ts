@@ -38,6 +38,11 @@ export async function evaluate(options: EvaluateOptions = {}): Promise<EvalResul
     config = { ...config, lora: { ...config.lora, r: c.r, alpha: c.lora_alpha, dropout: 0, use_rslora: c.use_rslora, target_modules: targets as ResolvedConfig["lora"]["target_modules"] } };
   }
   const split = options.split ?? "validation";
+  const wanted = split === "test" ? config.data.test_split : config.data.eval_split;
+  if (wanted === null) throw new QloraError("E_DATA", `the data set has no ${split} split (data.${split === "test" ? "test_split" : "eval_split"} is null)`);
+  // Only the evaluated split is read and tokenized: the train split points at the same files (one
+  // tokenization, shared by cache key) and the other split is off.
+  config = { ...config, data: { ...config.data, train_split: wanted, ...(split === "test" ? { eval_split: null } : { test_split: null }) } };
   const device = resolveDevice(config.advanced.device, info);
   const prepared = await prepareDataset(config, { log: info });
   const sets = buildExampleSets(prepared, config);

@@ -43,6 +43,7 @@ export const SCHEMA: ConfigSchema = {
     eval_split: nullable(str("", ""), "validation", "Split used for evaluation during training; null disables it."),
     test_split: nullable(str("", ""), "test", "Split evaluated after the last training step (test_loss and test_perplexity in trainer_state.json) and by eval --split test; null disables it."),
     text_field: str("text", "Field holding the text in .jsonl and parquet files."),
+    keep_linebreaks: bool(false, "Keep each line's line break in .txt rows (what run_clm.py's keep_linebreaks asks of the HF text loader); false drops it, as the loader does by default."),
     max_length: int(512, "Tokens per training sequence: rows are truncated to it (padding mode) or cut into blocks of it (packing). 512 holds every WikiText-2 validation paragraph whole (the longest has 503 Qwen tokens).", { min: 2, max: 131072 }),
     packing: bool(false, "Join rows with EOS and cut into full max_length blocks (no padding) instead of one padded row per sequence."),
     padding: oneOf(["max_length", "longest"] as const, "max_length", "Pad each batch to max_length (as the seed formulation does) or to its longest row (same loss, less compute)."),

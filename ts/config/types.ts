@@ -28,6 +28,7 @@ export interface DataConfig {
   eval_split: string | null;
   test_split: string | null;
   text_field: string;
+  keep_linebreaks: boolean;
   max_length: number;
   packing: boolean;
   padding: PaddingMode;

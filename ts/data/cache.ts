@@ -20,7 +20,7 @@ import { writeFileAtomic } from "../config/atomic-write.js";
 import { expandHome } from "../config/hf-cache.js";
 
 /** Bump when tokenization or row semantics change: old cache files then no longer match. */
-export const TOKEN_CACHE_VERSION = 1;
+export const TOKEN_CACHE_VERSION = 2; // 2: .txt lines split as Python splitlines, BOM kept, lone \r a line break
 const MAGIC = Buffer.from("QNTOKv1\n", "latin1");
 
 export interface TokenCacheMeta {
@@ -92,7 +92,8 @@ export async function readTokenCache(dir: string, key: string): Promise<CachedTo
     return null;
   }
   const parsed = parseCacheFile(buf, key);
-  if (!parsed) await rm(path, { force: true });
+  // a damaged entry is a miss: removed when the folder allows it (a read-only cache keeps it)
+  if (!parsed) await rm(path, { force: true }).catch(() => {});
   return parsed;
 }
 

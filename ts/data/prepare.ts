@@ -106,7 +106,7 @@ export async function prepareDataset(config: Config, options: PrepareOptions = {
     role,
     source,
     files: source.files.map((path, i) => ({ path, ...hashes[i] })),
-    key: tokenCacheKey({ tokenizerFingerprint: tokFiles.fingerprint, fileHashes: hashes.map((h) => h.sha256), format: source.format, textField: source.format === "jsonl" || source.format === "parquet" ? config.data.text_field : "", addSpecialTokens: config.data.add_special_tokens }),
+    key: tokenCacheKey({ tokenizerFingerprint: tokFiles.fingerprint, fileHashes: hashes.map((h) => h.sha256), format: source.format, textField: source.format === "jsonl" || source.format === "parquet" ? config.data.text_field : source.format === "txt" && config.data.keep_linebreaks ? "keep_linebreaks" : "", addSpecialTokens: config.data.add_special_tokens }),
   }));
 
   const loaded = new Map<string, { rows: TokenRows; meta?: TokenCacheMeta }>();
@@ -134,7 +134,7 @@ export async function prepareDataset(config: Config, options: PrepareOptions = {
     let texts: SplitRows[];
     let all: TokenRows;
     try {
-      texts = await Promise.all(missing.map((p) => readSplitRows(p.source, config.data.text_field)));
+      texts = await Promise.all(missing.map((p) => readSplitRows(p.source, config.data.text_field, { keepLinebreaks: config.data.keep_linebreaks })));
       texts.forEach((t, i) => {
         if (t.rows.length === 0) {
           const p = missing[i];

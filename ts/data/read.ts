@@ -1,13 +1,18 @@
 // Reading the rows of a split from its files, with the row semantics of the Hugging Face loaders:
 //   wikitext raw: one row per line, line break kept ("text\n"), blank lines become "" (as the
 //                 wikitext dataset script and its parquet copy have them)
-//   txt:          one row per line, line break dropped (the HF "text" loader)
+//   txt:          one row per line, line break dropped (the HF "text" loader; kept with
+//                 data.keep_linebreaks, as run_clm.py asks it to), lines split where Python's
+//                 str.splitlines splits (also \v, \f, \x1c-\x1e, \x85, U+2028, U+2029)
+// Files are read as Python's open(encoding="utf-8") reads them: universal newlines (\r\n and a
+// lone \r are line breaks) and a byte-order mark kept as U+FEFF text.
 //   jsonl:        one row per non-blank line, the string in `text_field`
 //   parquet:      one row per record, the string column `text_field` (null becomes "")
 // Only rows with non-whitespace text are kept. Invalid UTF-8, unreadable files, bad JSON and
 // missing fields raise QloraError E_DATA naming the file (and line where there is one).
 
 import { readFile } from "node:fs/promises";
+import { brotliDecompressSync, gunzipSync } from "node:zlib";
 import { asyncBufferFromFile, parquetMetadataAsync, parquetRead, parquetSchema } from "hyparquet";
 import { QloraError } from "../errors.js";
 import type { SplitSource } from "./sources.js";
@@ -51,10 +56,15 @@ function findInvalidUtf8(buf: Uint8Array): { line: number; offset: number } {
   return { line, offset: buf.length };
 }
 
-/** Decodes `buf` as strict UTF-8 in blocks cut at line breaks (strings have a length limit). */
+// Python's universal newlines, then str.splitlines' other separators (text files only).
+const UNIVERSAL_NL = /\r\n?/g;
+const SPLITLINES = /([\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029])/;
+
+/** Decodes `buf` as strict UTF-8 in blocks cut at line breaks (strings have a length limit);
+ * `\r\n` and a lone `\r` end a line too. A byte-order mark stays (as Python reads it). */
 function* decodeLines(buf: Buffer, file: string): Generator<string[]> {
-  const dec = new TextDecoder("utf-8", { fatal: true });
-  let start = buf[0] === 0xef && buf[1] === 0xbb && buf[2] === 0xbf ? 3 : 0;
+  const dec = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+  let start = 0;
   while (start < buf.length) {
     let end = Math.min(buf.length, start + BLOCK);
     if (end < buf.length) {
@@ -68,33 +78,39 @@ function* decodeLines(buf: Buffer, file: string): Generator<string[]> {
       const at = findInvalidUtf8(buf);
       throw new QloraError("E_DATA", `${file}: invalid UTF-8 at line ${at.line} (byte ${at.offset}); the data files must be UTF-8 text`);
     }
-    const lines = text.split("\n");
+    const lines = text.replace(UNIVERSAL_NL, "\n").split("\n");
     if (lines[lines.length - 1] === "") lines.pop();
     yield lines;
     start = end;
   }
 }
 
-function stripCr(line: string): string {
-  return line.endsWith("\r") ? line.slice(0, -1) : line;
-}
-
 function hasText(s: string): boolean {
   return s.trim() !== "";
 }
 
-async function readLinesFile(file: string, keepBreak: boolean, out: SplitRows): Promise<void> {
+/** wikitext raw: rows split at line breaks only, "\n" kept. txt (`splitlines`): also at
+ * str.splitlines' other separators, each kept when `keepBreak`. */
+async function readLinesFile(file: string, keepBreak: boolean, splitlines: boolean, out: SplitRows): Promise<void> {
   const buf = await readBytes(file);
   out.bytes += buf.length;
-  const lastHasBreak = buf.length > 0 && buf[buf.length - 1] === 0x0a;
+  const last = buf.length > 0 ? buf[buf.length - 1] : -1;
+  const lastHasBreak = last === 0x0a || last === 0x0d;
   const blocks = [...decodeLines(buf, file)];
+  const push = (line: string, brk: string) => {
+    out.totalRows++;
+    if (hasText(line)) out.rows.push(keepBreak ? line + brk : line);
+  };
   blocks.forEach((lines, b) => {
-    lines.forEach((raw, i) => {
-      out.totalRows++;
-      const line = stripCr(raw);
-      if (!hasText(line)) return;
-      const isLast = b === blocks.length - 1 && i === lines.length - 1;
-      out.rows.push(keepBreak && (!isLast || lastHasBreak) ? line + "\n" : line);
+    lines.forEach((line, i) => {
+      const brk = b === blocks.length - 1 && i === lines.length - 1 && !lastHasBreak ? "" : "\n";
+      if (!splitlines) return push(line, brk);
+      const parts = line.split(SPLITLINES); // text, separator, text, ...
+      for (let k = 0; k < parts.length; k += 2) {
+        // "a\x0c" at the end of the file: no empty line after the separator (Python agrees)
+        if (k === parts.length - 1 && parts[k] === "" && k > 0 && brk === "") break;
+        push(parts[k], k + 1 < parts.length ? parts[k + 1] : brk);
+      }
     });
   });
 }
@@ -132,6 +148,13 @@ async function readJsonl(file: string, field: string, out: SplitRows): Promise<v
 
 class Utf8Error extends Error {}
 
+// Page codecs beyond hyparquet's built-in SNAPPY: what Node's zlib decodes (ZSTD and LZ4 are not
+// in Node 20's zlib).
+const PARQUET_CODECS = {
+  GZIP: (input: Uint8Array) => new Uint8Array(gunzipSync(input)),
+  BROTLI: (input: Uint8Array) => new Uint8Array(brotliDecompressSync(input)),
+};
+
 async function readParquet(file: string, field: string, out: SplitRows): Promise<void> {
   let buffer;
   let metadata;
@@ -147,13 +170,14 @@ async function readParquet(file: string, field: string, out: SplitRows): Promise
   if (!columns.includes(field)) {
     throw new QloraError("E_DATA", `${file}: no column "${field}" (data.text_field); its columns: ${columns.map((c) => JSON.stringify(c)).join(", ")}`);
   }
-  const dec = new TextDecoder("utf-8", { fatal: true });
+  const dec = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
   let values: unknown[] = [];
   try {
     await parquetRead({
       file: buffer,
       metadata,
       columns: [field],
+      compressors: PARQUET_CODECS,
       parsers: {
         stringFromBytes: (bytes: Uint8Array) => {
           if (!bytes) return bytes;
@@ -170,6 +194,8 @@ async function readParquet(file: string, field: string, out: SplitRows): Promise
     });
   } catch (err) {
     if (err instanceof Utf8Error) throw new QloraError("E_DATA", `${file}: invalid UTF-8 in column "${field}"; the text must be UTF-8`);
+    const codec = /unsupported compression codec: (\w+)/.exec((err as Error).message)?.[1];
+    if (codec) throw new QloraError("E_DATA", `${file}: parquet compression ${codec} is not supported (SNAPPY, GZIP, BROTLI and uncompressed are); re-save it, e.g. pandas: df.to_parquet(path, compression="snappy")`, { cause: err });
     throw new QloraError("E_DATA", `${file}: cannot read column "${field}" (${(err as Error).message})`, { cause: err });
   }
   for (const v of values) {
@@ -182,15 +208,15 @@ async function readParquet(file: string, field: string, out: SplitRows): Promise
 }
 
 /** Reads all rows of a split; keeps the rows with text. */
-export async function readSplitRows(source: SplitSource, textField: string): Promise<SplitRows> {
+export async function readSplitRows(source: SplitSource, textField: string, options: { keepLinebreaks?: boolean } = {}): Promise<SplitRows> {
   const out: SplitRows = { rows: [], totalRows: 0, bytes: 0 };
   for (const file of source.files) {
     switch (source.format) {
       case "wikitext-raw":
-        await readLinesFile(file, true, out);
+        await readLinesFile(file, true, false, out);
         break;
       case "txt":
-        await readLinesFile(file, false, out);
+        await readLinesFile(file, options.keepLinebreaks === true, true, out);
         break;
       case "jsonl":
         await readJsonl(file, textField, out);

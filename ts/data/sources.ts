@@ -57,9 +57,16 @@ function findInDir(dir: string, split: string): SplitSource | undefined {
     for (const ext of [".raw", ".tokens"]) {
       if (names.includes(`wiki.${n}${ext}`)) return { split, format: "wikitext-raw", files: [join(dir, `wiki.${n}${ext}`)] };
     }
-    const shardRe = new RegExp(`^${n.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}-\\d+-of-\\d+\\.parquet$`);
+    // train-00000-of-00002.parquet, with the hash suffix older push_to_hub wrote
+    // (train-00000-of-00001-d9a5a2a1c0e6b7f5.parquet), or train.parquet
+    const shardRe = new RegExp(`^${n.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}-\\d+-of-\\d+(-[0-9a-f]+)?\\.parquet$`);
     const shards = names.filter((f) => shardRe.test(f) || f === `${n}.parquet`);
     if (shards.length) return { split, format: "parquet", files: shards.map((f) => join(dir, f)) };
+    // the hub's converted layout: <split>/0000.parquet, 0001.parquet, ...
+    if (names.includes(n) && isDir(join(dir, n))) {
+      const inner = listDir(join(dir, n)).filter((f) => f.endsWith(".parquet"));
+      if (inner.length) return { split, format: "parquet", files: inner.map((f) => join(dir, n, f)) };
+    }
     for (const ext of [".jsonl", ".txt"]) {
       if (names.includes(n + ext)) return { split, format: EXT_FORMAT[ext], files: [join(dir, n + ext)] };
     }
@@ -69,7 +76,7 @@ function findInDir(dir: string, split: string): SplitSource | undefined {
 
 /** Folders searched for split files under a dataset root. */
 export function searchDirs(root: string, dataset: string): string[] {
-  return [root, join(root, dataset), join(root, "data"), join(root, dataset, "data")].filter(isDir);
+  return [root, join(root, dataset), join(root, "data"), join(root, dataset, "data"), join(root, "default")].filter(isDir);
 }
 
 function missingSplit(split: string, dirs: string[], key: string): QloraError {
@@ -79,7 +86,7 @@ function missingSplit(split: string, dirs: string[], key: string): QloraError {
     "E_DATA",
     [
       `split "${split}" not found in ${dirs.join(", ") || "(no folder)"}.`,
-      `Looked for ${names.map((n) => `wiki.${n}.raw`).join(", ")}, ${names.map((n) => `${n}-NNNNN-of-MMMMM.parquet, ${n}.parquet`).join(", ")}, ${names.map((n) => `${n}.jsonl/.txt`).join(", ")}.`,
+      `Looked for ${names.map((n) => `wiki.${n}.raw`).join(", ")}, ${names.map((n) => `${n}-NNNNN-of-MMMMM[-hash].parquet, ${n}.parquet, ${n}/*.parquet`).join(", ")}, ${names.map((n) => `${n}.jsonl/.txt`).join(", ")}.`,
       seen.length ? `Data files present: ${seen.slice(0, 12).join(", ")}${seen.length > 12 ? ", ..." : ""}` : "No data files (.raw, .parquet, .jsonl, .txt) are there.",
       `Set data.${key} to a split name present there or to a file path${key === "train_split" ? "" : ", or to null to skip this split"}.`,
     ].join("\n"),
@@ -146,7 +153,15 @@ export function findSplit(root: string, dataset: string, split: string, key = "t
 /** The train, eval and test sources of a data config (eval/test null when disabled). */
 export function resolveSplits(data: DataConfig, env: NodeJS.ProcessEnv = process.env): { train: SplitSource; eval: SplitSource | null; test: SplitSource | null } {
   const root = datasetRoot(data, env);
-  const other = (split: string | null, key: string) => (split === null ? null : findSplit(isFile(root) ? dirname(root) : root, data.dataset, split, key));
+  const other = (split: string | null, key: string) => {
+    if (split === null) return null;
+    try {
+      return findSplit(isFile(root) ? dirname(root) : root, data.dataset, split, key);
+    } catch (e) {
+      if (!(e instanceof QloraError) || !isFile(root)) throw e;
+      throw new QloraError(e.code, `${e.message}\ndata.path is a single file (the train split): give data.${key} a file path, or set it to null${key === "eval_split" ? " together with training.eval_strategy: no" : ""}.`, { cause: e });
+    }
+  };
   return {
     train: findSplit(root, data.dataset, data.train_split, "train_split"),
     eval: other(data.eval_split, "eval_split"),
