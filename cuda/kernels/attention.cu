@@ -323,7 +323,8 @@ void attention_backward(Context& ctx, const AttentionBackwardArgs& a) {
   p.delta = delta.data<float>();
   // The WMMA backward with GQA runs one dkv block per q head and sums the group afterwards.
   Tensor dk_part, dv_part;
-  if (a.q.dtype() == DType::BF16 && !g_cuda_core_only && d.group() > 1) {
+  const bool core_only = g_cuda_core_only;  // read once: the partials and the kernel choice agree
+  if (a.q.dtype() == DType::BF16 && !core_only && d.group() > 1) {
     dk_part = Tensor::empty(a.q.ctx_ptr(), DType::F32, {d.b, d.t, d.hq, d.d});
     dv_part = Tensor::empty(a.q.ctx_ptr(), DType::F32, {d.b, d.t, d.hq, d.d});
     p.dk_part = dk_part.data<float>();
@@ -334,7 +335,7 @@ void attention_backward(Context& ctx, const AttentionBackwardArgs& a) {
     using T = decltype(tt);
     attn_delta_kernel<T><<<blocks_for(d.b * d.t * d.hq * 32, 256), 256, 0, stream_of(ctx)>>>(p, (int)d.d);
     QN_CUDA_LAUNCHED("attn_delta_kernel", ctx);
-    if (std::is_same<T, xf::bf16>::value && !g_cuda_core_only && backward_wmma(p, (int)d.d, stream_of(ctx), device_of(ctx))) return;
+    if (std::is_same<T, xf::bf16>::value && !core_only && backward_wmma(p, (int)d.d, stream_of(ctx), device_of(ctx))) return;
     with_head_dim(d.d, "attention_backward", [&](auto dc) {
       constexpr int D = decltype(dc)::value;
       attn_dq_kernel<T, D><<<dim3(tiles, (unsigned)d.hq, (unsigned)d.b), kThreads, 0, stream_of(ctx)>>>(p);

@@ -16,8 +16,9 @@
 //                         order, then one rounding): a block per (kv head, key tile) looping over
 //                         the group would leave most SMs idle (Qwen2.5-3B: 2 kv heads, 32 tiles
 //                         at T = 2048 -> 64 blocks on 132 SMs, each doing 8 heads' work).
-// Grids are (heads, tiles, B) so that the block order walks tiles slowest: with a causal mask the
-// longest tiles (last query tiles forward and dq, first key tiles dkv) start first on every head.
+// Grids are (heads x B, tiles): the block order walks tiles slowest, so with a causal mask the
+// longest tiles (last query tiles forward and dq, first key tiles dkv) start first on every head
+// of every batch row (blockIdx.x = b * heads + head).
 // Shared memory (dynamic, opt-in above 48 KB): at D = 128 about 111 KB (forward, dq) and 121 KB
 // (dkv), within sm_80's 163 KB and sm_90's 227 KB. Tiles are padded (+8 bf16, +4 f32 per row)
 // against bank conflicts; every WMMA pointer is 32-byte aligned (row blocks of 16, column blocks
@@ -152,7 +153,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_wmma_kernel(Params p) {
   float* a_s = l_s + kTile;
   int* keep_s = reinterpret_cast<int*>(a_s + kTile);
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  const int b = blockIdx.z, h = blockIdx.x, i0 = query_tile(p) * kTile, g = h / p.group;
+  const int b = blockIdx.x / p.hq, h = blockIdx.x % p.hq, i0 = query_tile(p) * kTile, g = h / p.group;
   const float sl2 = p.scale * kLog2e;
   load_tile<D>(qs, p.q, b, i0, h, p.t, p.hq);
   for (int idx = threadIdx.x; idx < kTile * C::LDO; idx += kThreads) os[idx] = 0.f;
@@ -247,7 +248,7 @@ __global__ void __launch_bounds__(kThreads) attn_dq_wmma_kernel(Params p) {
   float* delta_s = lse2_s + kTile;
   int* keep_s = reinterpret_cast<int*>(delta_s + kTile);
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  const int b = blockIdx.z, h = blockIdx.x, i0 = query_tile(p) * kTile, g = h / p.group;
+  const int b = blockIdx.x / p.hq, h = blockIdx.x % p.hq, i0 = query_tile(p) * kTile, g = h / p.group;
   const float sl2 = p.scale * kLog2e;
   load_tile<D>(qs, p.q, b, i0, h, p.t, p.hq);
   load_tile<D>(dos, p.dout, b, i0, h, p.t, p.hq);
@@ -300,10 +301,12 @@ __global__ void __launch_bounds__(kThreads) attn_dkv_wmma_kernel(Params p) {
   float* delta_s = lse2_s + kTile;
   int* keep_s = reinterpret_cast<int*>(delta_s + kTile);
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  // blockIdx.x: the q head (partials) or the kv head (group == 1 or no partials: all its q heads)
+  // blockIdx.x = b * heads + x, x: the q head (partials) or the kv head (group == 1 or no
+  // partials: all its q heads)
   const bool part = p.dk_part != nullptr;
-  const int b = blockIdx.z, j0 = blockIdx.y * kTile, g = part ? blockIdx.x / p.group : blockIdx.x;
-  const int h_begin = part ? blockIdx.x : g * p.group, h_end = part ? h_begin + 1 : h_begin + p.group;
+  const int nx = part ? p.hq : p.hkv, b = blockIdx.x / nx, x = blockIdx.x % nx;
+  const int j0 = blockIdx.y * kTile, g = part ? x / p.group : x;
+  const int h_begin = part ? x : g * p.group, h_end = part ? h_begin + 1 : h_begin + p.group;
   const float sl2 = p.scale * kLog2e;
   load_tile<D>(ks, p.k, b, j0, g, p.t, p.hkv);
   load_tile<D>(vs, p.v, b, j0, g, p.t, p.hkv);
@@ -414,8 +417,9 @@ bool usable(const Params& p, std::initializer_list<const void*> ptrs) {
   if (disabled_by_env()) return false;
   for (const void* ptr : ptrs)
     if (!aligned16(ptr)) return false;
-  // gridDim.y holds the tiles (<= 65535: T up to 4M); the CUDA-core kernels take longer T.
-  return p.t > 0 && p.b > 0 && p.hq > 0 && (p.t + kTile - 1) / kTile <= 65535;
+  // gridDim.y holds the tiles (<= 65535: T up to 4M), gridDim.x heads x B (< 2^31); the CUDA-core
+  // kernels take the rest.
+  return p.t > 0 && p.b > 0 && p.hq > 0 && (p.t + kTile - 1) / kTile <= 65535 && (long long)p.hq * p.b < (1ll << 31);
 }
 
 }  // namespace
@@ -426,7 +430,7 @@ bool forward_wmma(const Params& p, int d, cudaStream_t stream, int device) {
     constexpr int D = decltype(dc)::value;
     const size_t bytes = Cfg<D>::fwd_bytes;
     if (!prepare(attn_fwd_wmma_kernel<D>, bytes, device)) return false;
-    const dim3 grid((unsigned)p.hq, (unsigned)((p.t + kTile - 1) / kTile), (unsigned)p.b);
+    const dim3 grid((unsigned)p.hq * (unsigned)p.b, (unsigned)((p.t + kTile - 1) / kTile));
     attn_fwd_wmma_kernel<D><<<grid, kThreads, bytes, stream>>>(p);
     check_launch("attn_fwd_wmma_kernel", device);
     return true;
@@ -441,13 +445,13 @@ bool backward_wmma(const Params& p, int d, cudaStream_t stream, int device) {
         !prepare(attn_dkv_wmma_kernel<D>, Cfg<D>::dkv_bytes, device))
       return false;
     const unsigned tiles = (unsigned)((p.t + kTile - 1) / kTile);
-    attn_dq_wmma_kernel<D><<<dim3((unsigned)p.hq, tiles, (unsigned)p.b), kThreads, Cfg<D>::dq_bytes, stream>>>(p);
+    attn_dq_wmma_kernel<D><<<dim3((unsigned)p.hq * (unsigned)p.b, tiles), kThreads, Cfg<D>::dq_bytes, stream>>>(p);
     check_launch("attn_dq_wmma_kernel", device);
     const bool part = p.group > 1;
     if (part && (!p.dk_part || !p.dv_part)) fail(ErrorCode::Internal, "attention backward: GQA needs the dk/dv partials");
     Params pd = p;
     if (!part) pd.dk_part = pd.dv_part = nullptr;
-    attn_dkv_wmma_kernel<D><<<dim3((unsigned)(part ? p.hq : p.hkv), tiles, (unsigned)p.b), kThreads, Cfg<D>::dkv_bytes, stream>>>(pd);
+    attn_dkv_wmma_kernel<D><<<dim3((unsigned)(part ? p.hq : p.hkv) * (unsigned)p.b, tiles), kThreads, Cfg<D>::dkv_bytes, stream>>>(pd);
     check_launch("attn_dkv_wmma_kernel", device);
     if (part) {
       attn_dkv_reduce_kernel<<<blocks_for((long long)p.b * p.t * p.hkv * D, 256), 256, 0, stream>>>(pd, D);
