@@ -39,7 +39,8 @@ tests_rc=${PIPESTATUS[0]}
 log "op suite on CUDA: $(tail -1 "$out/tests-cuda.txt") (rc=$tests_rc)"
 # attention once more on the CUDA-core kernels (the fallback when WMMA does not apply)
 QN_ATTENTION_NO_WMMA=1 timeout "$(lim 60)" ./build-gpu/qn_tests --device cuda --filter attention >"$out/tests-cuda-attn-core.txt" 2>&1
-log "attention on CUDA cores (QN_ATTENTION_NO_WMMA=1): $(tail -1 "$out/tests-cuda-attn-core.txt") (rc=$?)"
+rc=$?
+log "attention on CUDA cores (QN_ATTENTION_NO_WMMA=1): $(tail -1 "$out/tests-cuda-attn-core.txt") (rc=$rc)"
 # Whole-model training steps at the Qwen2.5-3B shape (issue 4's MFU and peak-memory goal), most
 # important first: a short device lease may end before the last phases.
 model_bench() {  # $1: time limit (s), then qn_bench model options
