@@ -26,3 +26,24 @@ test("train() with an aborted signal stops before writing anything", async (t) =
   await expectReject(train({ config: { output: { dir: out } }, signal: ac.signal }), "E_ABORTED", /before training started/);
   assert.equal(existsSync(out), false);
 });
+
+test("one training run per output folder: a live run's lock refuses a second; a stale lock is taken over", async (t) => {
+  const { lockOutputDir, LOCK_FILE } = await import("../dist/train/output-lock.js");
+  const { writeFileSync, readFileSync } = await import("node:fs");
+  const { spawnSync } = await import("node:child_process");
+  const { hostname } = await import("node:os");
+  const dir = mkdtempSync(path.join(tmpdir(), "qn-lock-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const release = lockOutputDir(dir);
+  assert.throws(() => lockOutputDir(dir), (e) => e.code === "E_ARG" && /in use by another training run \(pid \d+/.test(e.message));
+  // train() itself refuses the folder while the lock is held (before any work)
+  await expectReject(train({ config: { output: { dir } } }), "E_ARG", /in use by another training run/);
+  release();
+  assert.equal(existsSync(path.join(dir, LOCK_FILE)), false);
+  // a lock left by a process that is gone
+  const dead = spawnSync(process.execPath, ["-e", "0"]).pid;
+  writeFileSync(path.join(dir, LOCK_FILE), JSON.stringify({ pid: dead, host: hostname() }));
+  const again = lockOutputDir(dir);
+  assert.equal(JSON.parse(readFileSync(path.join(dir, LOCK_FILE), "utf8")).pid, process.pid);
+  again();
+});

@@ -19,6 +19,7 @@ import { native } from "../native.js";
 import { writePlots } from "../report/index.js";
 import { adapterTargets, readAdapter, writeAdapter } from "../train/adapter.js";
 import { damagedCheckpoints, findLatestCheckpoint, loadCheckpoint, saveCheckpoint } from "../train/checkpoint.js";
+import { lockOutputDir } from "../train/output-lock.js";
 import { evaluateExamples, type EvalResult } from "../train/evaluate.js";
 import { runTrainingLoop, totalStepsFor, type LoopState } from "../train/loop.js";
 import { TrainerStateLog } from "../train/trainer-state.js";
@@ -116,10 +117,28 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
   };
   stopIfAborted("before training started");
   const outputDir = path.resolve(config.output.dir);
+  let unlock = () => {};
   if (world.isMain) {
     mkdirSync(outputDir, { recursive: true });
-    await saveResolvedConfig(config, outputDir);
+    unlock = lockOutputDir(outputDir); // one run per output folder
   }
+  try {
+    if (world.isMain) await saveResolvedConfig(config, outputDir);
+    return await trainInFolder(config, options, { world, dp, device, outputDir, info, stopIfAborted, initAdapter });
+  } finally {
+    unlock();
+  }
+}
+
+async function trainInFolder(
+  config: ResolvedConfig,
+  options: TrainOptions,
+  ctx: {
+    world: ReturnType<typeof initWorld>; dp: boolean; device: string; outputDir: string; info: (s: string) => void;
+    stopIfAborted: (stage: string) => void; initAdapter: Awaited<ReturnType<typeof readAdapter>> | null;
+  },
+): Promise<TrainResult> {
+  const { world, dp, device, outputDir, info, stopIfAborted, initAdapter } = ctx;
 
   info(dp ? `data parallel: rank ${world.rank} of ${world.worldSize} on ${device}; preparing data` : "preparing data");
   if (dp && !world.isMain) world.barrier("data preparation on rank 0");
