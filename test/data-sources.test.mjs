@@ -5,7 +5,7 @@ import { cpSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { defaultConfig } from "../dist/config/index.js";
-import { datasetRoot, findSplit, readSplitRows, resolveSplits, splitAliases } from "../dist/data/index.js";
+import { datasetRoot, findSplit, readSplitRows, resolveSplits, setLineBlockBytes, splitAliases } from "../dist/data/index.js";
 import { hfRows, MINI_SPLITS, rawText, ROOT, tempDir, textRows, writeTree } from "./assets/data/helpers.mjs";
 
 const PARQUET_DIR = join(ROOT, "test", "assets", "data", "wikitext-mini-parquet");
@@ -147,10 +147,10 @@ test("bad data files: clear errors naming the file", async (t) => {
   const utf8 = bad("bad-utf8.txt", Buffer.concat([Buffer.from("good line\nsecond ok\nthird \xff\xfe broken\n", "latin1")]));
   await assert.rejects(readSplitRows({ split: "train", format: "txt", files: [utf8] }, "text"), {
     code: "E_DATA",
-    message: `${utf8}: invalid UTF-8 at line 3 (byte 20); the data files must be UTF-8 text`,
+    message: `${utf8}: invalid UTF-8 at line 3 (byte 26); the data files must be UTF-8 text`,
   });
   const truncated = bad("trunc.raw", Buffer.from([0x20, 0x61, 0x0a, 0x20, 0xe6, 0x9d, 0x0a]));
-  await assert.rejects(readSplitRows({ split: "train", format: "wikitext-raw", files: [truncated] }, "text"), { code: "E_DATA", message: `${truncated}: invalid UTF-8 at line 2 (byte 3); the data files must be UTF-8 text` });
+  await assert.rejects(readSplitRows({ split: "train", format: "wikitext-raw", files: [truncated] }, "text"), { code: "E_DATA", message: `${truncated}: invalid UTF-8 at line 2 (byte 4); the data files must be UTF-8 text` });
   const notParquet = bad("train-00000-of-00001.parquet", "this is not parquet at all");
   await assert.rejects(readSplitRows({ split: "train", format: "parquet", files: [notParquet] }, "text"), (err) => err.code === "E_DATA" && err.message.startsWith(`${notParquet}: not a readable parquet file (`));
   const parquet = join(PARQUET_DIR, "wikitext-2-raw-v1", "test-00000-of-00001.parquet");
@@ -202,4 +202,23 @@ test("hub shard names with a hash suffix and the converted <split>/NNNN.parquet 
   assert.deepEqual(train.files.map((f) => f.slice(dir.length + 1)), ["data/train-00000-of-00002-d9a5a2a1c0e6b7f5.parquet", "data/train-00001-of-00002-d9a5a2a1c0e6b7f5.parquet"]);
   const val = findSplit(dir, "any", "validation", "eval_split");
   assert.deepEqual(val.files.map((f) => f.slice(dir.length + 1)), ["default/validation/0000.parquet", "default/validation/0001.parquet"]);
+});
+
+test("line files stream in blocks: tiny blocks give the same rows, errors keep their line and byte", async (t) => {
+  // every block boundary position: lines longer than a block, CRLF, a lone CR, multi-byte text,
+  // a last line without a break
+  const text = "\ufeffalpha\r\nbeta gamma delta epsilon\rzeta 東京 🙂\n\nη θ\x0cιota\n{\"text\": \"x\"}\nlast";
+  const dir = writeTree(tempDir(t), { "train.txt": text, "wiki.train.raw": text, "bad.txt": Buffer.concat([Buffer.from("ok line\nsecond\nbad \xe2\x82 here\n", "latin1")]) });
+  const read = (format, file, opts) => readSplitRows({ split: "train", format, files: [join(dir, file)] }, "text", opts);
+  const want = { txt: await read("txt", "train.txt"), keep: await read("txt", "train.txt", { keepLinebreaks: true }), raw: await read("wikitext-raw", "wiki.train.raw") };
+  t.after(() => setLineBlockBytes(64 << 20));
+  for (const block of [1, 2, 3, 5, 7, 16]) {
+    setLineBlockBytes(block);
+    assert.deepEqual(await read("txt", "train.txt"), want.txt, `txt, block ${block}`);
+    assert.deepEqual(await read("txt", "train.txt", { keepLinebreaks: true }), want.keep, `keep, block ${block}`);
+    assert.deepEqual(await read("wikitext-raw", "wiki.train.raw"), want.raw, `raw, block ${block}`);
+    await assert.rejects(read("txt", "bad.txt"), { message: `${join(dir, "bad.txt")}: invalid UTF-8 at line 3 (byte 19); the data files must be UTF-8 text` });
+  }
+  assert.deepEqual(want.raw.rows, ["\ufeffalpha\n", "beta gamma delta epsilon\n", "zeta 東京 🙂\n", "η θ\x0cιota\n", "{\"text\": \"x\"}\n", "last"]);
+  assert.equal(want.txt.bytes, Buffer.byteLength(text));
 });

@@ -7,5 +7,5 @@ export { BatchSampler, epochPermutation, Xoshiro128, type SamplerOptions, type S
 export { TextTokenizer, readTokenizerFiles, type TokenizerInfo, type TokenizerFiles } from "./tokenizer.js";
 export { TokenizePool, workerCount, type TokenizedRows } from "./pool.js";
 export { resolveSplits, findSplit, datasetRoot, splitAliases, formatOf, type SplitSource, type SourceFormat } from "./sources.js";
-export { readSplitRows, type SplitRows } from "./read.js";
+export { readSplitRows, setLineBlockBytes, type SplitRows } from "./read.js";
 export { defaultTokenCacheDir, readTokenCache, writeTokenCache, tokenCacheKey, hashFile, TOKEN_CACHE_VERSION, type TokenCacheMeta, type CachedTokens } from "./cache.js";

@@ -11,7 +11,7 @@
 // Only rows with non-whitespace text are kept. Invalid UTF-8, unreadable files, bad JSON and
 // missing fields raise QloraError E_DATA naming the file (and line where there is one).
 
-import { readFile } from "node:fs/promises";
+import { open } from "node:fs/promises";
 import { brotliDecompressSync, gunzipSync } from "node:zlib";
 import { asyncBufferFromFile, parquetMetadataAsync, parquetRead, parquetSchema } from "hyparquet";
 import { QloraError } from "../errors.js";
@@ -26,62 +26,138 @@ export interface SplitRows {
   bytes: number;
 }
 
-const BLOCK = 64 << 20;
-
-async function readBytes(file: string): Promise<Buffer> {
-  try {
-    return await readFile(file);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new QloraError(code === "ENOENT" ? "E_NOT_FOUND" : "E_DATA", `cannot read data file ${file}: ${(err as Error).message}`, { cause: err });
-  }
+// Line files are read in blocks of about this size, each cut after a line break, so files of any
+// size stream through (a whole-file read stops at 2 GiB) and no string gets too long.
+let BLOCK = 64 << 20;
+/** Testing hook: the block size of line files (to cross block boundaries with small files). */
+export function setLineBlockBytes(n: number): void {
+  BLOCK = n;
 }
 
-/** Line number (1-based) and byte offset of the first invalid UTF-8 sequence in `buf`. */
-function findInvalidUtf8(buf: Uint8Array): { line: number; offset: number } {
+function readError(file: string, err: unknown): QloraError {
+  const code = (err as NodeJS.ErrnoException).code;
+  return new QloraError(code === "ENOENT" ? "E_NOT_FOUND" : "E_DATA", `cannot read data file ${file}: ${(err as Error).message}`, { cause: err });
+}
+
+/** Index of the first byte of the first ill-formed UTF-8 sequence in `b` (Unicode's well-formed
+ * byte sequences table: no overlongs, no surrogates, nothing above U+10FFFF, no truncation). */
+function firstInvalidUtf8(b: Uint8Array): number {
+  let i = 0;
+  while (i < b.length) {
+    const c = b[i];
+    if (c < 0x80) {
+      i++;
+      continue;
+    }
+    let n = 0;
+    let lo = 0x80;
+    let hi = 0xbf;
+    if (c >= 0xc2 && c <= 0xdf) n = 1;
+    else if (c >= 0xe0 && c <= 0xef) {
+      n = 2;
+      if (c === 0xe0) lo = 0xa0;
+      if (c === 0xed) hi = 0x9f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+      n = 3;
+      if (c === 0xf0) lo = 0x90;
+      if (c === 0xf4) hi = 0x8f;
+    } else return i;
+    for (let k = 1; k <= n; k++) {
+      const d = b[i + k];
+      if (d === undefined || d < (k === 1 ? lo : 0x80) || d > (k === 1 ? hi : 0xbf)) return i;
+    }
+    i += n + 1;
+  }
+  return b.length;
+}
+
+/** Line number (1-based, from `firstLine`) and byte offset (from `base`) of the first invalid
+ * UTF-8 sequence in `buf`. */
+function findInvalidUtf8(buf: Uint8Array, firstLine: number, base: number): { line: number; offset: number } {
   const dec = new TextDecoder("utf-8", { fatal: true });
-  let line = 1;
+  let line = firstLine;
   let start = 0;
   while (start <= buf.length) {
     let end = buf.indexOf(0x0a, start);
     if (end < 0) end = buf.length;
+    const bytes = buf.subarray(start, end);
     try {
-      dec.decode(buf.subarray(start, end));
+      dec.decode(bytes);
     } catch {
-      return { line, offset: start };
+      return { line, offset: base + start + firstInvalidUtf8(bytes) };
     }
     start = end + 1;
     line++;
   }
-  return { line, offset: buf.length };
+  return { line, offset: base + buf.length };
 }
 
 // Python's universal newlines, then str.splitlines' other separators (text files only).
 const UNIVERSAL_NL = /\r\n?/g;
 const SPLITLINES = /([\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029])/;
 
-/** Decodes `buf` as strict UTF-8 in blocks cut at line breaks (strings have a length limit);
- * `\r\n` and a lone `\r` end a line too. A byte-order mark stays (as Python reads it). */
-function* decodeLines(buf: Buffer, file: string): Generator<string[]> {
+interface LineBlock {
+  lines: string[];
+  /** the file's last block */
+  last: boolean;
+  /** the file ends with a line break (\n or \r) */
+  endsWithBreak: boolean;
+}
+
+/** The lines of `file` as strict UTF-8, block by block (each block cut after a \n); `\r\n` and a
+ * lone `\r` end a line too. A byte-order mark stays (as Python reads it). Counts the bytes. */
+async function* lineBlocks(file: string, out: SplitRows): AsyncGenerator<LineBlock> {
+  let fh;
+  try {
+    fh = await open(file, "r");
+  } catch (err) {
+    throw readError(file, err);
+  }
   const dec = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
-  let start = 0;
-  while (start < buf.length) {
-    let end = Math.min(buf.length, start + BLOCK);
-    if (end < buf.length) {
-      const nl = buf.lastIndexOf(0x0a, end - 1);
-      end = nl >= start ? nl + 1 : buf.indexOf(0x0a, end) + 1 || buf.length;
-    }
+  let line = 1; // number of the first line of the pending block
+  let offset = 0; // file offset of the pending block
+  let lastByte = -1;
+  const decode = (bytes: Buffer): string[] => {
     let text: string;
     try {
-      text = dec.decode(buf.subarray(start, end));
+      text = dec.decode(bytes);
     } catch {
-      const at = findInvalidUtf8(buf);
+      const at = findInvalidUtf8(bytes, line, offset);
       throw new QloraError("E_DATA", `${file}: invalid UTF-8 at line ${at.line} (byte ${at.offset}); the data files must be UTF-8 text`);
     }
+    for (const b of bytes) if (b === 0x0a) line++;
+    offset += bytes.length;
     const lines = text.replace(UNIVERSAL_NL, "\n").split("\n");
     if (lines[lines.length - 1] === "") lines.pop();
-    yield lines;
-    start = end;
+    return lines;
+  };
+  try {
+    let carry: Buffer = Buffer.alloc(0);
+    for (;;) {
+      const chunk = Buffer.allocUnsafe(BLOCK);
+      let bytesRead: number;
+      try {
+        ({ bytesRead } = await fh.read(chunk, 0, BLOCK, null));
+      } catch (err) {
+        throw readError(file, err);
+      }
+      if (bytesRead === 0) break;
+      out.bytes += bytesRead;
+      lastByte = chunk[bytesRead - 1];
+      const data = carry.length ? Buffer.concat([carry, chunk.subarray(0, bytesRead)]) : chunk.subarray(0, bytesRead);
+      const nl = data.lastIndexOf(0x0a);
+      if (nl < 0) {
+        carry = Buffer.from(data); // one line longer than a block so far
+        continue;
+      }
+      const lines = decode(data.subarray(0, nl + 1));
+      carry = Buffer.from(data.subarray(nl + 1));
+      if (lines.length) yield { lines, last: false, endsWithBreak: false };
+    }
+    const endsWithBreak = lastByte === 0x0a || lastByte === 0x0d;
+    yield { lines: carry.length ? decode(carry) : [], last: true, endsWithBreak };
+  } finally {
+    await fh.close();
   }
 }
 
@@ -92,18 +168,13 @@ function hasText(s: string): boolean {
 /** wikitext raw: rows split at line breaks only, "\n" kept. txt (`splitlines`): also at
  * str.splitlines' other separators, each kept when `keepBreak`. */
 async function readLinesFile(file: string, keepBreak: boolean, splitlines: boolean, out: SplitRows): Promise<void> {
-  const buf = await readBytes(file);
-  out.bytes += buf.length;
-  const last = buf.length > 0 ? buf[buf.length - 1] : -1;
-  const lastHasBreak = last === 0x0a || last === 0x0d;
-  const blocks = [...decodeLines(buf, file)];
   const push = (line: string, brk: string) => {
     out.totalRows++;
     if (hasText(line)) out.rows.push(keepBreak ? line + brk : line);
   };
-  blocks.forEach((lines, b) => {
-    lines.forEach((line, i) => {
-      const brk = b === blocks.length - 1 && i === lines.length - 1 && !lastHasBreak ? "" : "\n";
+  for await (const block of lineBlocks(file, out)) {
+    block.lines.forEach((line, i) => {
+      const brk = block.last && i === block.lines.length - 1 && !block.endsWithBreak ? "" : "\n";
       if (!splitlines) return push(line, brk);
       const parts = line.split(SPLITLINES); // text, separator, text, ...
       for (let k = 0; k < parts.length; k += 2) {
@@ -112,14 +183,12 @@ async function readLinesFile(file: string, keepBreak: boolean, splitlines: boole
         push(parts[k], k + 1 < parts.length ? parts[k + 1] : brk);
       }
     });
-  });
+  }
 }
 
 async function readJsonl(file: string, field: string, out: SplitRows): Promise<void> {
-  const buf = await readBytes(file);
-  out.bytes += buf.length;
   let lineNo = 0;
-  for (const lines of decodeLines(buf, file)) {
+  for await (const { lines } of lineBlocks(file, out)) {
     for (const line of lines) {
       lineNo++;
       if (!hasText(line)) continue;
