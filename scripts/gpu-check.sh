@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The whole GPU check in one script (npm run test:gpu runs it; it needs cmake, nvcc and a GPU, but
-# no Node and no internet): builds the core with CUDA, runs the op suite on CUDA against the CPU
-# backend, then the kernel benchmarks. Prints a summary last. Output also goes to $OUT if set.
+# no Node and no internet): builds the core with CUDA for this GPU, runs the op suite on CUDA
+# against the CPU backend (attention again on the CUDA-core kernels), whole-model steps at the
+# Qwen2.5-3B shape and the torch peer (bench/peer_torch_train.py), the kernel benchmarks, two more
+# model configurations, then the JS suite if Node is there. Each phase has a time limit; one line
+# per phase goes to the summary, printed last. Output also goes to $OUT if set.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-build-gpu/out}

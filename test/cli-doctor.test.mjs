@@ -17,8 +17,8 @@ test("doctor --json parses and reports the CPU backend usable, no GPU", () => {
   assert.equal(rep.backends.cpu.usable, true);
   assert.ok(rep.backends.cpu.threads >= 1);
   assert.equal(typeof rep.backends.cuda.built, "boolean");
-  assert.equal(rep.backends.cuda.usable, false);
-  assert.ok(rep.backends.cuda.reason.length > 0);
+  // usable on a GPU machine with a CUDA build; otherwise it says why not
+  if (!rep.backends.cuda.usable) assert.ok(rep.backends.cuda.reason.length > 0);
   assert.equal(typeof rep.cpu.features.avx2, "boolean");
   assert.ok(Array.isArray(rep.cuda.devices));
 });

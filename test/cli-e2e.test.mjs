@@ -190,6 +190,12 @@ test("eval reads and tokenizes only the split it evaluates (no train split neede
   const r = run("eval", "--config", cfg, "--set", `data.path=${dir}`, "--split", "test", "--json");
   assert.equal(r.status, 0, r.stderr);
   assert.ok(JSON.parse(r.stdout.trim()).eval_tokens > 0);
+  // advanced.log_level warn: the result line only (info lines: loading, tokenizing, ...)
+  const info = run("eval", "--config", cfg, "--set", `data.path=${dir}`, "--split", "test");
+  const quiet = run("eval", "--config", cfg, "--set", `data.path=${dir}`, "--split", "test", "--set", "advanced.log_level=warn");
+  assert.equal(quiet.status, 0, quiet.stderr);
+  assert.ok(info.stdout.trim().split("\n").length > 1, info.stdout);
+  assert.deepEqual(quiet.stdout.trim().split("\n"), [info.stdout.trim().split("\n").at(-1)]);
 });
 
 test("bad flags and bad configs give one-line errors and a non-zero exit", () => {

@@ -7,8 +7,8 @@
 // lora_linear: forward and backward (dx, dA, dB) with an NF4 base (blocksize 64, double quant),
 // r = 16, bf16 activations, next to a plain bf16 GEMM of the same shape, so the cost of NF4
 // dequantization and the LoRA terms shows as the ratio.
-// Defaults: M = 256 tokens on the CPU, 8192 on CUDA (--n M overrides); best of a few repetitions
-// because the CPU figures come from a shared machine.
+// Defaults: M = 256 tokens on the CPU, 8192 on CUDA (--n M overrides); the median of a few
+// repetitions because the CPU figures come from a shared machine.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>

@@ -17,10 +17,6 @@
 #include <cuda_runtime.h>
 #endif
 
-// Benches written before this runner existed keep their own entry point; they run as the case
-// "optim" until they register with QN_BENCH.
-int run_optim_bench(const std::string& device, int64_t n, int iters) __attribute__((weak));
-
 namespace qnbench {
 
 std::vector<Case>& registry() {
@@ -252,15 +248,11 @@ int main(int argc, char** argv) {
                    "                [--warmup W] [--r R] [--ckpt 0|1] [--compute bf16|f32] [--optim adamw|paged|8bit]\n"
                    "cases:");
       for (const auto& c : qnbench::registry()) std::fprintf(stderr, " %s%s", c.name.c_str(), c.explicit_only ? " (explicit)" : "");
-      std::fprintf(stderr, "%s\n", run_optim_bench ? " optim" : "");
+      std::fprintf(stderr, "\n");
       return 2;
     }
   }
-  std::vector<qnbench::Case> cases = qnbench::registry();
-  bool has_optim = false;
-  for (const auto& c : cases) has_optim = has_optim || c.name == "optim";
-  if (run_optim_bench && !has_optim)
-    cases.push_back({"optim", [](const qnbench::Options& o) { return run_optim_bench(o.device, o.n, o.iters); }});
+  const std::vector<qnbench::Case>& cases = qnbench::registry();
   int rc = 0, ran = 0;
   for (const auto& c : cases) {
     if (!opt.filter.empty() && c.name.find(opt.filter) == std::string::npos) continue;

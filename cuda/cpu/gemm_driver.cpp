@@ -10,7 +10,8 @@
 // fp32 accumulator for its rows x nc and runs the epilogue after the last block (so a bf16 C is
 // rounded once). When N is much narrower than NR and M is not, the problem is run transposed
 // (C^T = B^T A^T) so the narrow side fills MR instead of wasting most of an NR panel. When all
-// of A would be large and C is small (long K: the LM-head backward), the k blocks run in groups
+// of A would be large and C is small (long K: a full-logits LM-head backward, as in logits() and the
+// lm_head bench; the model's head works per vocabulary chunk below that size), the k blocks run in groups
 // (A packed one group at a time, ~8 MB) with one shared fp32 accumulator for C.
 #include <algorithm>
 #include <atomic>

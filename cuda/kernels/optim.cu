@@ -12,7 +12,7 @@
 //                    result is bit-identical run to run (no atomics).
 //   nonfinite_kernel 16-byte loads over the raw bytes; any all-ones exponent sets the flag.
 // The element math uses the _rn intrinsics (optim.h: no contraction, IEEE division and sqrt even
-// under --use_fast_math), so CUDA matches the CPU bit for bit (denormals aside: flushed here). Paged states (managed memory) are
+// under --use_fast_math), so CUDA matches the CPU bit for bit (denormals included: this file is compiled with -ftz=false). Paged states (managed memory) are
 // prefetched to the device on the session stream before the step.
 #include <atomic>
 #include <cfloat>

@@ -1,6 +1,8 @@
-// `qlora-native eval --config FILE [--adapter DIR] [--split validation|test] [--json]`.
+// `qlora-native eval --config FILE [--set k=v ...] [--adapter DIR] [--split validation|test]
+//   [--device D] [--json]`.
 import type { CommandModule } from "yargs";
 import { evaluate } from "../api/evaluate.js";
+import { loadConfig } from "../config/load.js";
 import { QloraError } from "../errors.js";
 
 interface EvalArgs {
@@ -27,7 +29,9 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
       .example("$0 eval --config my.yaml --adapter outputs/run1 --json", "with an adapter, machine-readable"),
   handler: async (argv) => {
     const set = argv.device !== undefined ? [...argv.set, `advanced.device=${argv.device}`] : argv.set;
-    const r = await evaluate({ configPath: argv.config, set, adapter: argv.adapter, split: argv.split, onInfo: argv.json ? undefined : (l) => console.log(l) });
+    const config = await loadConfig(argv.config, { set });
+    const chatty = !argv.json && (config.advanced.log_level === "info" || config.advanced.log_level === "debug");
+    const r = await evaluate({ config, adapter: argv.adapter, split: argv.split, onInfo: chatty ? (l) => console.log(l) : undefined });
     if (argv.json) process.stdout.write(JSON.stringify({ eval_loss: r.eval_loss, perplexity: r.perplexity, eval_tokens: r.eval_tokens }) + "\n");
     else console.log(`${r.split}: eval_loss ${r.eval_loss.toFixed(4)}, perplexity ${r.perplexity.toFixed(3)} over ${r.eval_tokens} tokens${r.adapter ? ` (adapter ${r.adapter})` : " (base model)"}`);
     if (!Number.isFinite(r.eval_loss)) throw new QloraError("E_NONFINITE", `the ${r.split} loss is not finite (${r.eval_loss}): the model produced NaN or Inf`);

@@ -1,4 +1,4 @@
-// `qlora-native merge --adapter DIR --out DIR [--model DIR|HUB_ID] [--revision REV]`.
+// `qlora-native merge --adapter DIR --out DIR [--model DIR|HUB_ID] [--revision REV] [--json]`.
 import type { CommandModule } from "yargs";
 import { merge } from "../api/merge.js";
 

@@ -1,5 +1,7 @@
-// `qlora-native train [--config FILE] [--set k=v ...] [--resume latest|PATH] [--adapter DIR] [--json]`.
-// Without --config it runs the embedded demo on the CPU. Ctrl-C saves a checkpoint and exits.
+// `qlora-native train [--config FILE] [--set k=v ...] [--resume latest|PATH] [--adapter DIR]
+//   [--device D] [--nproc N [--hostfile F]] [--json]`.
+// Without --config it runs the embedded demo on the CPU. Ctrl-C or SIGTERM saves a checkpoint and
+// exits 130 / 143.
 import path from "node:path";
 import type { CommandModule } from "yargs";
 import { train, type TrainResult } from "../api/train.js";
@@ -85,6 +87,8 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
     } else {
       config = await loadConfig(argv.config, { set: argv.set });
     }
+    const chatty = config.advanced.log_level === "info" || config.advanced.log_level === "debug";
+    if (config.advanced.log_level === "debug") process.env.QN_DEBUG ??= "1"; // stack traces with errors
     const abort = new AbortController();
     let interrupts = 0;
     let exitCode = 130;
@@ -113,16 +117,17 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
         config,
         resume: argv.resume,
         signal: abort.signal,
-        onInfo: (l) => progress.line(l),
-        onWarning: (m) => (argv.json ? process.stderr.write(m + "\n") : progress.line(`warning: ${m}`)),
+        // advanced.log_level: "warn" keeps warnings, errors and the summary; "error" drops warnings too
+        onInfo: chatty ? (l) => progress.line(l) : undefined,
+        onWarning: config.advanced.log_level === "error" ? undefined : (m) => (argv.json ? process.stderr.write(m + "\n") : progress.line(`warning: ${m}`)),
         onStart: (s) => {
           totalSteps = s.totalSteps;
           progress.line(`training ${s.paramCount.toLocaleString("en-US")} LoRA parameters on ${s.device}: steps ${s.startStep}..${s.totalSteps}, effective batch B x K x D = ${s.effectiveBatch}`);
         },
-        onStep: (s) => progress.step(s),
-        onLog: (e) => progress.log(e, totalSteps),
-        onEval: (e) => progress.log(e, totalSteps),
-        onSave: (dir) => progress.line(`checkpoint saved: ${dir}`),
+        onStep: chatty ? (s) => progress.step(s) : undefined,
+        onLog: chatty ? (e) => progress.log(e, totalSteps) : undefined,
+        onEval: chatty ? (e) => progress.log(e, totalSteps) : undefined,
+        onSave: chatty ? (dir) => progress.line(`checkpoint saved: ${dir}`) : undefined,
       });
     } catch (e) {
       if (!(e instanceof QloraError && e.code === "E_ABORTED")) throw e;

@@ -31,7 +31,7 @@ export const SCHEMA: ConfigSchema = {
     name_or_path: str("Qwen/Qwen2.5-3B", "A local model folder, or a hub id looked up in the Hugging Face cache (HF_HUB_CACHE, HF_HOME, ~/.cache/huggingface/hub)."),
     revision: str("main", "Hub revision: a branch or tag name (resolved through refs/) or a 40-hex commit hash."),
     tokenizer: nullable(str("", ""), null, "Folder holding tokenizer.json and tokenizer_config.json; null uses the model folder."),
-    quantization: oneOf(["nf4", "none"] as const, "nf4", "Base weight format: NF4 4-bit (QLoRA) or none (bf16 base weights)."),
+    quantization: oneOf(["nf4", "none"] as const, "nf4", "Base weight format: NF4 4-bit (QLoRA) or none (dense base weights in model.compute_dtype: plain LoRA)."),
     double_quant: bool(true, "Quantize the NF4 absmax constants again to 8 bits (QLoRA double quantization)."),
     quant_blocksize: intIn([32, 64, 128, 256, 512, 1024, 2048, 4096], 64, "Weights per NF4 absmax block."),
     compute_dtype: oneOf(["bfloat16", "float32"] as const, "bfloat16", "Dtype NF4 weights are dequantized to for the matrix multiplications."),
@@ -39,7 +39,7 @@ export const SCHEMA: ConfigSchema = {
   data: {
     dataset: str("wikitext-2-raw-v1", "Dataset name: a WikiText config (wikitext-2-raw-v1, wikitext-103-raw-v1, ...) or a hub dataset id Org/Name looked up in the HF cache when data.path is null."),
     path: nullable(str("", ""), null, "A folder (wiki.*.raw, *.parquet, *.txt or *.jsonl split files) or a single file used as the train split; null looks in the HF cache."),
-    train_split: str("train", "Split used for training. Split names map across layouts: validation = valid = eval = dev."),
+    train_split: str("train", "Split used for training. Split names map across layouts: validation = valid = val = eval = dev; train = training; test = testing."),
     eval_split: nullable(str("", ""), "validation", "Split used for evaluation during training; null disables it."),
     test_split: nullable(str("", ""), "test", "Split evaluated after the last training step (test_loss and test_perplexity in trainer_state.json) and by eval --split test; null disables it."),
     text_field: str("text", "Field holding the text in .jsonl and parquet files."),
@@ -49,7 +49,7 @@ export const SCHEMA: ConfigSchema = {
     padding: oneOf(["max_length", "longest"] as const, "max_length", "Pad each batch to max_length (as the seed formulation does) or to its longest row (same loss, less compute)."),
     shuffle: bool(true, "Shuffle the training examples each epoch (seeded by training.data_seed or training.seed)."),
     max_train_samples: nullable(int(1, "", { min: 1 }), null, "Keep only the first N training examples (after tokenization); null keeps all."),
-    max_eval_samples: nullable(int(1, "", { min: 1 }), null, "Keep only the first N evaluation examples; null keeps all."),
+    max_eval_samples: nullable(int(1, "", { min: 1 }), null, "Keep only the first N examples of the eval and test splits; null keeps all."),
     add_special_tokens: bool(true, "Put the tokenizer's own special tokens around each row (e.g. Llama's BOS), as transformers' tokenizer(text) does; Qwen's tokenizer adds none."),
   },
   lora: {
@@ -94,12 +94,12 @@ export const SCHEMA: ConfigSchema = {
   },
   advanced: {
     device: custom("auto", "auto (a CUDA device when one is available, else cpu), cpu, cuda, or cuda:N.", '"auto", "cpu", "cuda" or "cuda:N" (N a device index)', (v) => typeof v === "string" && DEVICE_RE.test(v)),
-    num_devices: int(1, "Devices used for data-parallel training.", { min: 1, max: 64 }),
+    num_devices: int(1, "Checked only (1 on the CPU or with a cuda:N device): data parallel starts with train --nproc N or mpirun, one device per rank.", { min: 1, max: 64 }),
     threads: int(0, "CPU threads for the CPU backend and tokenization; 0 uses all cores.", { min: 0, max: 1024 }),
     cache_dir: nullable(str("", ""), null, "Folder for the tokenized-data cache; null uses $XDG_CACHE_HOME/qlora-native/tokens or ~/.cache/qlora-native/tokens."),
     nonfinite_patience: int(5, "Stop after this many consecutive steps with a non-finite loss or gradient (such steps are skipped).", { min: 1 }),
-    loss_chunk_tokens: int(4096, "Tokens per chunk of the fused LM-head + cross-entropy (bounds logits memory).", { min: 256, max: 1048576 }),
-    log_level: oneOf(["error", "warn", "info", "debug"] as const, "info", "Console verbosity."),
+    loss_chunk_tokens: int(4096, "No effect (kept so older configs load): the LM head + cross-entropy runs over vocabulary chunks, sized by QN_MODEL_HEAD_VOCAB_CHUNK / QN_MODEL_HEAD_CHUNK_MB.", { min: 256, max: 1048576 }),
+    log_level: oneOf(["error", "warn", "info", "debug"] as const, "info", "Console output of train and eval: info (progress, logs, checkpoints), warn (warnings, errors and the summary only), error (no warnings), debug (info plus stack traces with errors)."),
   },
 };
 

@@ -1,8 +1,10 @@
 // Finding the files of each split across the layouts a dataset comes in:
 //   wikitext raw folder   wiki.{train,valid,test}.raw (or .tokens)
-//   parquet               {split}-00000-of-00001.parquet, {split}-NNNNN-of-MMMMM.parquet shards, {split}.parquet
+//   parquet               {split}-NNNNN-of-MMMMM.parquet shards (also with push_to_hub's -<hash>
+//                         suffix), {split}.parquet, {split}/NNNN.parquet (the hub's converted layout)
 //   jsonl / txt           {split}.jsonl, {split}.txt
-// searched in the folder itself, in <folder>/<dataset>/ (the HF repo layout) and <folder>/data/.
+// searched in the folder itself, in <folder>/<dataset>/ (the HF repo layout), <folder>/data/ and
+// <folder>/default/.
 // Without data.path the dataset is looked up in the Hugging Face hub cache
 // (datasets--Salesforce--wikitext for WikiText configs, datasets--Org--Name for hub ids).
 // Split names map across layouts: validation = valid = val = eval = dev; train = training; test = testing.

@@ -1,6 +1,6 @@
 // The tokenizer of a model folder: tokenizer.json (+ tokenizer_config.json) through
 // @huggingface/tokenizers, with the memoized FastEncoder for speed. Exposes encode without special
-// tokens, decode, the EOS and pad ids (pad_token from tokenizer_config, else EOS), the vocabulary
+// tokens and with the post-processor's (encodeWithSpecials: a Llama BOS), decode, the EOS and pad ids (pad_token from tokenizer_config, else EOS), the vocabulary
 // size and a fingerprint: the sha256 of both files' bytes, used in token-cache keys.
 
 import { createHash } from "node:crypto";

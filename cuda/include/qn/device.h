@@ -1,4 +1,4 @@
-// Device names: "cpu", "cuda", "cuda:N". "auto" is resolved in TypeScript (ts/native.ts).
+// Device names: "cpu", "cuda", "cuda:N". "auto" is resolved in TypeScript (ts/device.ts).
 #pragma once
 #include <string>
 
