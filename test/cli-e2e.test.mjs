@@ -72,6 +72,11 @@ test("train --json writes the adapter, logs, plots and checkpoints; eval reprodu
   const evals = state.log_history.filter((e) => e.eval_loss !== undefined);
   assert.deepEqual(evals.map((e) => e.step), [0, 3, 6]);
   assert.ok(Math.abs(evals[2].eval_perplexity - Math.exp(evals[2].eval_loss)) < 1e-6 * evals[2].eval_perplexity);
+  // transformers' closing summary entry; num_train_epochs as the run spans them with max_steps
+  const summary = state.log_history.at(-1);
+  assert.equal(summary.step, 6);
+  assert.ok(Math.abs(summary.train_loss - s.train_loss) < 1e-12 && summary.train_runtime > 0 && summary.train_steps_per_second > 0);
+  assert.equal(state.num_train_epochs, Math.ceil(6 / (64 / 2 / 2)));
   // the test split after the last step, in the summary and the log history
   const tests = state.log_history.filter((e) => e.test_loss !== undefined);
   assert.deepEqual(tests.map((e) => e.step), [6]);

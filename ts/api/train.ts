@@ -222,7 +222,10 @@ async function trainInFolder(
 
     const writeLogs = async () => {
       if (!world.isMain) return;
-      await stateLog.write({ logHistory: state.logHistory, globalStep: state.globalStep, config, maxSteps: totalSteps });
+      // with max_steps the epochs the run spans (as transformers stores num_train_epochs)
+      const spe = loader.batchesPerEpoch() / config.training.gradient_accumulation_steps;
+      const numTrainEpochs = config.training.max_steps > 0 ? Math.ceil(totalSteps / spe) : undefined;
+      await stateLog.write({ logHistory: state.logHistory, globalStep: state.globalStep, config, maxSteps: totalSteps, numTrainEpochs });
       if (config.output.plot) await writePlots(outputDir, state.logHistory);
     };
     const saveCk = async (): Promise<string> => {
@@ -242,6 +245,8 @@ async function trainInFolder(
       });
     };
 
+    const trainStart = performance.now();
+    const startStep = state.globalStep;
     const result = await runTrainingLoop({
       config,
       model,
@@ -271,6 +276,19 @@ async function trainInFolder(
       };
       state.logHistory.push(entry);
       options.onEval?.(entry);
+    }
+    // transformers ends log_history with the run's summary entry
+    if (result.stoppedBy === "completed" && result.globalStep > startStep) {
+      const stepsPerEpoch = loader.batchesPerEpoch() / config.training.gradient_accumulation_steps;
+      const runtime = (performance.now() - trainStart) / 1000;
+      const stepsRun = result.globalStep - startStep;
+      state.logHistory.push({
+        step: result.globalStep, epoch: Math.round((result.globalStep / stepsPerEpoch) * 1e4) / 1e4,
+        train_loss: result.trainLoss, train_runtime: Math.round(runtime * 1e4) / 1e4,
+        train_samples_per_second: Math.round(((stepsRun * config.training.per_device_train_batch_size * config.training.gradient_accumulation_steps * world.worldSize) / runtime) * 1e3) / 1e3,
+        train_steps_per_second: Math.round((stepsRun / runtime) * 1e3) / 1e3,
+        total_flos: 0,
+      });
     }
     const adapterDir = outputDir;
     if (result.stoppedBy === "completed" && world.isMain) {
