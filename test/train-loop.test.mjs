@@ -196,3 +196,23 @@ test("data parallel: an empty micro-batch is left out; a rank with none still st
     assert.deepEqual(ctx.state.sampler.epoch, K === 1 ? 1 : 3);
   }
 });
+
+test("an epoch's last window is short when K does not divide it, as transformers steps it; epoch values follow the batches", async () => {
+  // 12 rows, batch 2 -> 6 batches per epoch; K = 4 -> windows of 4, 2 per epoch (ceil(6 / 4) = 2 updates)
+  const calls = [];
+  const model = {
+    paramCount: 1,
+    async trainStep(micro) {
+      calls.push(micro.map((b) => b.epoch * 100 + b.batchIndex));
+      const tokens = micro.reduce((s, b) => s + targetsOf(b), 0);
+      return { lossSum: tokens, tokens, gradNorm: 1, nonFinite: false, skipped: false };
+    },
+  };
+  const { ctx, logs } = setup({ num_train_epochs: 2, max_steps: -1, gradient_accumulation_steps: 4, logging_steps: 1 }, model);
+  const r = await runTrainingLoop(ctx);
+  assert.equal(r.totalSteps, 4);
+  assert.deepEqual(calls, [[0, 1, 2, 3], [4, 5], [100, 101, 102, 103], [104, 105]]);
+  // transformers' epoch: whole epochs + micro-batches of this one / batches per epoch
+  assert.deepEqual(logs.map((e) => e.epoch), [4 / 6, 1, 1 + 4 / 6, 2].map((x) => Number(x.toPrecision(4))));
+  assert.equal(r.epoch, 2);
+});

@@ -223,7 +223,7 @@ async function trainInFolder(
     const writeLogs = async () => {
       if (!world.isMain) return;
       // with max_steps the epochs the run spans (as transformers stores num_train_epochs)
-      const spe = loader.batchesPerEpoch() / config.training.gradient_accumulation_steps;
+      const spe = Math.max(1, Math.ceil(loader.batchesPerEpoch() / config.training.gradient_accumulation_steps));
       const numTrainEpochs = config.training.max_steps > 0 ? Math.ceil(totalSteps / spe) : undefined;
       await stateLog.write({ logHistory: state.logHistory, globalStep: state.globalStep, config, maxSteps: totalSteps, numTrainEpochs });
       if (config.output.plot) await writePlots(outputDir, state.logHistory);
@@ -269,9 +269,8 @@ async function trainInFolder(
     if (result.stoppedBy === "completed" && sets.test && result.globalStep > 0) {
       info("evaluating the test split");
       testEval = await evaluateExamples(model, sets.test, { batchSize: config.training.per_device_eval_batch_size, padId, padding: config.data.padding, shard: evalShard });
-      const stepsPerEpoch = loader.batchesPerEpoch() / config.training.gradient_accumulation_steps;
       const entry: LogEntry = {
-        step: result.globalStep, epoch: Math.round((result.globalStep / stepsPerEpoch) * 1e4) / 1e4,
+        step: result.globalStep, epoch: result.epoch,
         test_loss: testEval.eval_loss, test_perplexity: testEval.perplexity, test_tokens: testEval.eval_tokens,
       };
       state.logHistory.push(entry);
@@ -279,11 +278,10 @@ async function trainInFolder(
     }
     // transformers ends log_history with the run's summary entry
     if (result.stoppedBy === "completed" && result.globalStep > startStep) {
-      const stepsPerEpoch = loader.batchesPerEpoch() / config.training.gradient_accumulation_steps;
       const runtime = (performance.now() - trainStart) / 1000;
       const stepsRun = result.globalStep - startStep;
       state.logHistory.push({
-        step: result.globalStep, epoch: Math.round((result.globalStep / stepsPerEpoch) * 1e4) / 1e4,
+        step: result.globalStep, epoch: result.epoch,
         train_loss: result.trainLoss, train_runtime: Math.round(runtime * 1e4) / 1e4,
         train_samples_per_second: Math.round(((stepsRun * config.training.per_device_train_batch_size * config.training.gradient_accumulation_steps * world.worldSize) / runtime) * 1e3) / 1e3,
         train_steps_per_second: Math.round((stepsRun / runtime) * 1e3) / 1e3,

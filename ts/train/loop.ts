@@ -62,6 +62,8 @@ export interface LoopResult {
   stoppedBy: "completed" | "abort" | "nonfinite";
   lastEval: EvalResult | null;
   tokensPerSecond: number;
+  /** the epoch value at the end (transformers': whole epochs + this epoch's share of batches) */
+  epoch: number;
 }
 
 export function optimizerName(optim: string): OptimizerName {
@@ -87,9 +89,13 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
   const batchesPerEpoch = loader.batchesPerEpoch();
   const totalSteps = totalStepsFor(config, batchesPerEpoch);
   const warmupSteps = warmupStepsFrom(t.warmup_steps, t.warmup_ratio, totalSteps);
-  const stepsPerEpoch = batchesPerEpoch / K;
-  const evalEvery = t.eval_strategy === "steps" ? t.eval_steps : t.eval_strategy === "epoch" ? Math.max(1, Math.round(stepsPerEpoch)) : 0;
-  const saveEvery = t.save_strategy === "steps" ? t.save_steps : t.save_strategy === "epoch" ? Math.max(1, Math.round(stepsPerEpoch)) : 0;
+  // As transformers: an epoch's last window holds the remaining micro-batches (fewer than K when
+  // K does not divide the epoch), so every epoch has ceil(batches / K) updates and ends on one.
+  const stepsPerEpoch = Math.max(1, Math.ceil(batchesPerEpoch / K));
+  const evalEvery = t.eval_strategy === "steps" ? t.eval_steps : t.eval_strategy === "epoch" ? stepsPerEpoch : 0;
+  const saveEvery = t.save_strategy === "steps" ? t.save_steps : t.save_strategy === "epoch" ? stepsPerEpoch : 0;
+  // transformers' epoch value: whole epochs done + micro-batches of this one / batches per epoch
+  let epochNow = state.globalStep / stepsPerEpoch;
   const patience = config.advanced.nonfinite_patience;
 
   events.onStart?.({ totalSteps, startStep: state.globalStep, effectiveBatch: t.per_device_train_batch_size * K * ctx.dataParallel, paramCount: model.paramCount, device: ctx.device });
@@ -108,7 +114,7 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
   const runEval = async (): Promise<void> => {
     if (!ctx.evalSet) return;
     lastEval = await evaluateExamples(model, ctx.evalSet, { batchSize: t.per_device_eval_batch_size, padId: ctx.padId, padding: config.data.padding, signal: dp ? undefined : ctx.signal, shard: dp ? { rank: world.rank, worldSize: world.worldSize, reduce: world.allreduce } : undefined });
-    const entry: LogEntry = { step: state.globalStep, epoch: round(state.globalStep / stepsPerEpoch, 4), eval_loss: lastEval.eval_loss, eval_perplexity: lastEval.perplexity, eval_tokens: lastEval.eval_tokens, eval_runtime: round(lastEval.eval_seconds, 4) };
+    const entry: LogEntry = { step: state.globalStep, epoch: round(epochNow, 4), eval_loss: lastEval.eval_loss, eval_perplexity: lastEval.perplexity, eval_tokens: lastEval.eval_tokens, eval_runtime: round(lastEval.eval_seconds, 4) };
     state.logHistory.push(entry);
     events.onEval?.(entry);
     await ctx.writeLogs();
@@ -127,6 +133,8 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
     for (let i = 0; i < K; i++) {
       const b = loader.next();
       if (b.batchSize > 0) micro.push(b);
+      epochNow = b.epoch + (b.batchIndex + 1) / batchesPerEpoch;
+      if (b.batchIndex === batchesPerEpoch - 1) break; // the epoch's last (possibly short) window
     }
     let { targets, gradScale } = windowGradScale(micro);
     let stepTokens = micro.reduce((s, b) => s + b.numTokens, 0);
@@ -174,7 +182,7 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
       const secs = (performance.now() - logStart) / 1000;
       const entry: LogEntry = {
         step: state.globalStep,
-        epoch: round(state.globalStep / stepsPerEpoch, 4),
+        epoch: round(epochNow, 4),
         ...(win.steps ? { loss: round(win.lossSum / win.steps) } : {}),
         learning_rate: lr,
         grad_norm: round(r.gradNorm),
@@ -215,5 +223,5 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
     }
   }
   const elapsed = (performance.now() - runStart) / 1000;
-  return { globalStep: state.globalStep, totalSteps, trainLoss: runLossSteps ? runLossSum / runLossSteps : NaN, stoppedBy, lastEval, tokensPerSecond: runTokens / Math.max(elapsed, 1e-9) };
+  return { globalStep: state.globalStep, totalSteps, trainLoss: runLossSteps ? runLossSum / runLossSteps : NaN, stoppedBy, lastEval, tokensPerSecond: runTokens / Math.max(elapsed, 1e-9), epoch: round(epochNow, 4) };
 }
