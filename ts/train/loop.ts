@@ -1,5 +1,6 @@
 // The training loop: Hugging Face Trainer semantics on a TrainableModel.
-//   - B_eff = B x K x D; each optimizer step runs K micro-batches in ONE native call, the loss
+//   - B_eff = B x K x D; each optimizer step runs K micro-batches (an epoch's last step the ones
+//     left, as transformers does, so every epoch ends on an update) in ONE native call, the loss
 //     normalized by the non-ignored targets of the whole window (of all ranks); with data
 //     parallel a rank's micro-batches at an epoch's end may be short or empty, the step is still
 //     taken on every rank (together they hold exactly what one rank with batch B x D would);
