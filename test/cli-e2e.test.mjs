@@ -77,6 +77,8 @@ test("train --json writes the adapter, logs, plots and checkpoints; eval reprodu
   assert.equal(summary.step, 6);
   assert.ok(Math.abs(summary.train_loss - s.train_loss) < 1e-12 && summary.train_runtime > 0 && summary.train_steps_per_second > 0);
   assert.equal(state.num_train_epochs, Math.ceil(6 / (64 / 2 / 2)));
+  // total_flos as transformers counts it (6 x input positions x non-embedding parameters)
+  assert.ok(summary.total_flos > 0 && state.total_flos === summary.total_flos, `${summary.total_flos} ${state.total_flos}`);
   // the test split after the last step, in the summary and the log history
   const tests = state.log_history.filter((e) => e.test_loss !== undefined);
   assert.deepEqual(tests.map((e) => e.step), [6]);
@@ -100,6 +102,7 @@ test("train --json writes the adapter, logs, plots and checkpoints; eval reprodu
   assert.equal(rb.status, 0, rb.stderr);
   assert.deepEqual(await tensors(path.join(outB, "adapter_model.safetensors")), await tensors(path.join(out, "adapter_model.safetensors")));
   const stateB = JSON.parse(readFileSync(path.join(outB, "trainer_state.json"), "utf8"));
+  assert.equal(stateB.total_flos, state.total_flos, "total_flos carries over a resume");
   assert.deepEqual(stateB.log_history.filter((x) => x.loss !== undefined && x.step > 3).map((x) => [x.step, x.loss, x.grad_norm]), logs.filter((x) => x.step > 3).map((x) => [x.step, x.loss, x.grad_norm]));
 
   // merge into a bf16 HF checkpoint
@@ -185,6 +188,19 @@ test("file-system errors are E_IO with a plain reason; data with nothing to pred
   const d = run("train", "--config", writeConfig("tiny", path.join(work, "run-tiny")), "--set", `data.path=${tiny}`, "--set", "data.packing=false", "--set", "data.eval_split=null", "--set", "data.test_split=null", "--set", "training.eval_strategy=no");
   assert.equal(d.status, 2, d.stderr);
   assert.match(d.stderr, /no tokens to predict.*\[E_DATA\]/);
+});
+
+test("training.eval_on_start false: no step-0 evaluation; a last step between logging_steps is only in the summary", () => {
+  const out = path.join(work, "run-no-start-eval");
+  const r = run("train", "--config", writeConfig("no-start-eval", out), "--set", "training.max_steps=3", "--set", "training.eval_on_start=false", "--set", "training.save_strategy=no", "--set", "data.test_split=null", "--json");
+  assert.equal(r.status, 0, r.stderr);
+  const s = JSON.parse(r.stdout.trim().split("\n").pop());
+  assert.equal(s.eval_loss_before, null);
+  const state = JSON.parse(readFileSync(path.join(out, "trainer_state.json"), "utf8"));
+  assert.deepEqual(state.log_history.filter((e) => e.eval_loss !== undefined).map((e) => e.step), [3]);
+  assert.deepEqual(state.log_history.filter((e) => e.loss !== undefined).map((e) => e.step), [2]);
+  assert.equal(state.log_history.at(-1).step, 3);
+  assert.equal(typeof state.log_history.at(-1).train_loss, "number");
 });
 
 test("eval reads and tokenizes only the split it evaluates (no train split needed)", () => {

@@ -127,3 +127,16 @@ test("stringifySorted sorts nested keys and drops undefined", () => {
   assert.equal(s.stateful_callbacks.TrainerControl.args.should_training_stop, true);
   assert.equal(s.best_model_checkpoint, null);
 });
+
+test("total_flos counts parameters as transformers' num_parameters(exclude_embeddings=True) with PEFT", async () => {
+  const { nonEmbeddingParams, totalFlos } = await import("../dist/train/flos.js");
+  // the figures printed by transformers 5.18 + peft 0.21 for these configs (LoRA r = 8 on all 7
+  // modules; PeftModel.num_parameters(exclude_embeddings=True) = base + LoRA)
+  const shape = { hiddenSize: 64, intermediateSize: 176, numLayers: 2, numHeads: 4, headDim: 16, vocabSize: 1000, rmsNormEps: 1e-6, ropeTheta: 1e4 };
+  const qwenTied = { ...shape, numKvHeads: 2, tieWordEmbeddings: true, qkvBias: true };
+  const llamaUntied = { ...shape, numKvHeads: 1, tieWordEmbeddings: false, qkvBias: false };
+  assert.equal(nonEmbeddingParams(qwenTied, 0), 92736);
+  assert.equal(nonEmbeddingParams(qwenTied, 18688), 111424);
+  assert.equal(nonEmbeddingParams(llamaUntied, 0), 152384);
+  assert.equal(totalFlos(llamaUntied, 18176, 3 * 32), 6 * 96 * 170560);
+});

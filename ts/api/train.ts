@@ -23,6 +23,7 @@ import { lockOutputDir } from "../train/output-lock.js";
 import { evaluateExamples, type EvalResult } from "../train/evaluate.js";
 import { runTrainingLoop, totalStepsFor, type LoopState } from "../train/loop.js";
 import { TrainerStateLog } from "../train/trainer-state.js";
+import { totalFlos } from "../train/flos.js";
 import type { LogEntry, TrainEvents } from "../train/types.js";
 import { openSession, type Session } from "../tensor.js";
 
@@ -159,7 +160,7 @@ async function trainInFolder(
     const evalShard = dp ? { rank: world.rank, worldSize: world.worldSize, reduce: world.allreduce } : undefined;
     const stateLog = new TrainerStateLog(outputDir);
     const totalSteps = totalStepsFor(config, loader.batchesPerEpoch());
-    const state: LoopState = { globalStep: 0, nonFiniteRun: 0, skippedSteps: 0, logHistory: [], sampler: loader.state(), logWindow: { lossSum: 0, steps: 0, tokens: 0 } };
+    const state: LoopState = { globalStep: 0, nonFiniteRun: 0, skippedSteps: 0, logHistory: [], sampler: loader.state(), logWindow: { lossSum: 0, steps: 0, tokens: 0 }, inputNumel: 0 };
     let initialEval: EvalResult | null = null;
 
     const resumeFrom = options.resume === "latest" ? findLatestCheckpoint(outputDir) : options.resume ? path.resolve(options.resume) : null;
@@ -203,6 +204,7 @@ async function trainInFolder(
       state.skippedSteps = ck.skippedSteps ?? 0;
       const w = ck.extra.logWindow as LoopState["logWindow"] | undefined;
       if (w) state.logWindow = { ...w };
+      state.inputNumel = typeof ck.extra.inputNumel === "number" ? ck.extra.inputNumel : 0;
       state.sampler = loader.state();
       info(`resumed from ${resumeFrom} at step ${ck.step}`);
     } else if (initAdapter) {
@@ -212,7 +214,7 @@ async function trainInFolder(
         await model.setLora(key, w.data);
       }
     }
-    if (!resumeFrom && sets.eval && config.training.eval_strategy !== "no") {
+    if (!resumeFrom && sets.eval && config.training.eval_strategy !== "no" && config.training.eval_on_start) {
       info("evaluating before training");
       initialEval = await evaluateExamples(model, sets.eval, { batchSize: config.training.per_device_eval_batch_size, padId, padding: config.data.padding, signal: dp ? undefined : options.signal, shard: evalShard });
       const entry: LogEntry = { step: 0, epoch: 0, eval_loss: initialEval.eval_loss, eval_perplexity: initialEval.perplexity, eval_tokens: initialEval.eval_tokens };
@@ -225,7 +227,7 @@ async function trainInFolder(
       // with max_steps the epochs the run spans (as transformers stores num_train_epochs)
       const spe = Math.max(1, Math.ceil(loader.batchesPerEpoch() / config.training.gradient_accumulation_steps));
       const numTrainEpochs = config.training.max_steps > 0 ? Math.ceil(totalSteps / spe) : undefined;
-      await stateLog.write({ logHistory: state.logHistory, globalStep: state.globalStep, config, maxSteps: totalSteps, numTrainEpochs });
+      await stateLog.write({ logHistory: state.logHistory, globalStep: state.globalStep, config, maxSteps: totalSteps, numTrainEpochs, totalFlos: totalFlos(model.arch, model.paramCount, state.inputNumel) });
       if (config.output.plot) await writePlots(outputDir, state.logHistory);
     };
     const saveCk = async (): Promise<string> => {
@@ -240,7 +242,7 @@ async function trainInFolder(
         logHistory: state.logHistory,
         skippedSteps: state.skippedSteps,
         seed: config.training.seed,
-        extra: { logWindow: state.logWindow },
+        extra: { logWindow: state.logWindow, inputNumel: state.inputNumel },
         saveTotalLimit: config.output.save_total_limit,
       });
     };
@@ -285,7 +287,7 @@ async function trainInFolder(
         train_loss: result.trainLoss, train_runtime: Math.round(runtime * 1e4) / 1e4,
         train_samples_per_second: Math.round(((stepsRun * config.training.per_device_train_batch_size * config.training.gradient_accumulation_steps * world.worldSize) / runtime) * 1e3) / 1e3,
         train_steps_per_second: Math.round((stepsRun / runtime) * 1e3) / 1e3,
-        total_flos: 0,
+        total_flos: totalFlos(model.arch, model.paramCount, state.inputNumel),
       });
     }
     const adapterDir = outputDir;

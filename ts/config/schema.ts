@@ -81,6 +81,7 @@ export const SCHEMA: ConfigSchema = {
     logging_steps: int(10, "Log loss, learning rate and gradient norm every N optimizer steps.", { min: 1 }),
     eval_strategy: oneOf(["no", "steps", "epoch"] as const, "steps", "When to evaluate on data.eval_split: every eval_steps, every epoch, or never."),
     eval_steps: int(500, "Evaluate every N optimizer steps (eval_strategy steps).", { min: 1 }),
+    eval_on_start: bool(true, "Evaluate once before the first step (a step-0 eval entry; not on a resume). transformers' default is false; ours is true so a run reports its loss before and after."),
     save_strategy: oneOf(["no", "steps", "epoch"] as const, "steps", "When to write checkpoint-N/ folders: every save_steps, every epoch, or never."),
     save_steps: int(500, "Save a checkpoint every N optimizer steps (save_strategy steps).", { min: 1 }),
     seed: int(42, "Seed for LoRA initialization, dropout and (unless data_seed is set) data order.", { min: 0, max: 4294967295 }),

@@ -68,6 +68,7 @@ export interface TrainingConfig {
   logging_steps: number;
   eval_strategy: IntervalStrategy;
   eval_steps: number;
+  eval_on_start: boolean;
   save_strategy: IntervalStrategy;
   save_steps: number;
   seed: number;

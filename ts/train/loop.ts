@@ -33,6 +33,8 @@ export interface LoopState {
   sampler: SamplerState;
   /** the open logging window (mean loss since the last log), kept across a resume */
   logWindow: { lossSum: number; steps: number; tokens: number };
+  /** input positions (batch x padded length) of every micro-batch so far, all ranks: total_flos */
+  inputNumel: number;
 }
 
 export interface LoopContext {
@@ -79,6 +81,7 @@ export function totalStepsFor(config: ResolvedConfig, batchesPerEpoch: number): 
   return Math.max(1, Math.ceil(perEpoch * t.num_train_epochs));
 }
 
+// Logged values stay unrounded as transformers logs them; only timings are rounded.
 const round = (x: number, digits = 6) => Number(x.toPrecision(digits));
 
 export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
@@ -105,7 +108,8 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
   let logStart = performance.now();
   let runTokens = 0;
   const runStart = performance.now();
-  // transformers' train_loss: the mean training loss over the steps this run took
+  // train_loss: the mean training loss over the steps this run took. transformers' for a run from
+  // the start; after a resume transformers divides this run's sum by all steps (ours: this run's).
   let runLossSum = 0;
   let runLossSteps = 0;
   let lastEval: EvalResult | null = null;
@@ -115,7 +119,7 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
   const runEval = async (): Promise<void> => {
     if (!ctx.evalSet) return;
     lastEval = await evaluateExamples(model, ctx.evalSet, { batchSize: t.per_device_eval_batch_size, padId: ctx.padId, padding: config.data.padding, signal: dp ? undefined : ctx.signal, shard: dp ? { rank: world.rank, worldSize: world.worldSize, reduce: world.allreduce } : undefined });
-    const entry: LogEntry = { step: state.globalStep, epoch: round(epochNow, 4), eval_loss: lastEval.eval_loss, eval_perplexity: lastEval.perplexity, eval_tokens: lastEval.eval_tokens, eval_runtime: round(lastEval.eval_seconds, 4) };
+    const entry: LogEntry = { step: state.globalStep, epoch: epochNow, eval_loss: lastEval.eval_loss, eval_perplexity: lastEval.perplexity, eval_tokens: lastEval.eval_tokens, eval_runtime: round(lastEval.eval_seconds, 4) };
     state.logHistory.push(entry);
     events.onEval?.(entry);
     await ctx.writeLogs();
@@ -139,11 +143,12 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
     }
     let { targets, gradScale } = windowGradScale(micro);
     let stepTokens = micro.reduce((s, b) => s + b.numTokens, 0);
+    let stepNumel = micro.reduce((s, b) => s + b.batchSize * b.seqLen, 0);
     if (dp) {
       // every rank must agree on the normalization (targets of the whole window on ALL ranks)
       // and on stopping, before the step's collectives
       let aborted: number;
-      [targets, stepTokens, aborted] = world.allreduce([targets, stepTokens, ctx.signal?.aborted ? 1 : 0], "target count");
+      [targets, stepTokens, aborted, stepNumel] = world.allreduce([targets, stepTokens, ctx.signal?.aborted ? 1 : 0, stepNumel], "target count");
       gradScale = targets > 0 ? 1 / targets : 0;
       if (aborted > 0) {
         stoppedBy = "abort";
@@ -165,6 +170,7 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
       state.nonFiniteRun = 0;
     }
     state.globalStep++;
+    state.inputNumel += stepNumel;
     state.sampler = loader.state();
     const stepLoss = r.tokens > 0 ? r.lossSum / r.tokens : NaN;
     if (!r.nonFinite && r.tokens > 0) {
@@ -179,14 +185,16 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
     events.onStep?.({ step: state.globalStep, totalSteps, loss: stepLoss, lr, tokensPerSecond: runTokens / Math.max(elapsed, 1e-9), elapsedSeconds: elapsed, memoryBytes: ctx.memoryBytes() });
 
     const last = state.globalStep === totalSteps;
-    if (state.globalStep % t.logging_steps === 0 || last) {
+    // As transformers: only every logging_steps (a last step between them is in the summary's
+    // train_loss, not in an entry of its own)
+    if (state.globalStep % t.logging_steps === 0) {
       const secs = (performance.now() - logStart) / 1000;
       const entry: LogEntry = {
         step: state.globalStep,
-        epoch: round(epochNow, 4),
-        ...(win.steps ? { loss: round(win.lossSum / win.steps) } : {}),
+        epoch: epochNow,
+        ...(win.steps ? { loss: win.lossSum / win.steps } : {}),
         learning_rate: lr,
-        grad_norm: round(r.gradNorm),
+        grad_norm: r.gradNorm,
         tokens_per_second: round(win.tokens / Math.max(secs, 1e-9), 5),
         peak_memory_bytes: ctx.memoryBytes(),
       };
@@ -224,5 +232,5 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
     }
   }
   const elapsed = (performance.now() - runStart) / 1000;
-  return { globalStep: state.globalStep, totalSteps, trainLoss: runLossSteps ? runLossSum / runLossSteps : NaN, stoppedBy, lastEval, tokensPerSecond: runTokens / Math.max(elapsed, 1e-9), epoch: round(epochNow, 4) };
+  return { globalStep: state.globalStep, totalSteps, trainLoss: runLossSteps ? runLossSum / runLossSteps : NaN, stoppedBy, lastEval, tokensPerSecond: runTokens / Math.max(elapsed, 1e-9), epoch: epochNow };
 }
