@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
-import { lrAt, lrFactor, warmupStepsFrom } from "../dist/train/schedule.js";
+import { lrAt, lrFactor, stepsFrom, warmupStepsFrom } from "../dist/train/schedule.js";
 
 const fixtures = new URL("./fixtures/trainer/", import.meta.url);
 const schedules = JSON.parse(readFileSync(new URL("schedules.json", fixtures), "utf8"));
@@ -33,11 +33,16 @@ test("the trainer trajectory's learning rates (linear, warmup ceil(0.1 x 10) = 1
   });
 });
 
-test("warmup steps: steps win when > 0, else ceil(ratio x S)", () => {
+test("warmup steps: steps win when >= 1, a fraction below 1, else ceil(ratio x S); fractional *_steps", () => {
   assert.equal(warmupStepsFrom(0, 0.1, 25), 3); // 2.5 -> 3, not 2
   assert.equal(warmupStepsFrom(0, 0.03, 1000), 30);
   assert.equal(warmupStepsFrom(0, 0, 100), 0);
   assert.equal(warmupStepsFrom(5, 0.5, 100), 5);
+  // transformers 5: warmup_steps below 1 is a fraction of the steps; *_steps below 1 likewise
+  assert.equal(warmupStepsFrom(0.1, 0.5, 25), 3);
+  assert.equal(stepsFrom(0.25, 10), 3);
+  assert.equal(stepsFrom(0.5, 10), 5);
+  assert.equal(stepsFrom(7, 10), 7);
 });
 
 test("edge cases: no warmup, zero-length decay, past the end, bad input", () => {

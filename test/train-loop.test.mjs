@@ -78,6 +78,21 @@ test("one native call per step with gradScale = 1 / targets of the whole window,
   for (const e of logs) assert.equal(e.loss, 2);
 });
 
+test("logging_steps / save_steps below 1 are fractions of the total steps (ceil), as transformers; input positions counted", async () => {
+  const model = {
+    paramCount: 10,
+    async trainStep(micro) {
+      const tokens = micro.reduce((s, b) => s + targetsOf(b), 0);
+      return { lossSum: tokens, tokens, gradNorm: 0.5, nonFinite: false, skipped: false };
+    },
+  };
+  const { ctx, logs, saved } = setup({ max_steps: 10, gradient_accumulation_steps: 1, logging_steps: 0.25, save_strategy: "steps", save_steps: 0.5 }, model);
+  await runTrainingLoop(ctx);
+  assert.deepEqual(logs.map((e) => e.step), [3, 6, 9]);
+  assert.deepEqual(saved, ["interval", "final"]); // save_steps 0.5 x 10 = 5: at step 5, and the last step
+  assert.ok(ctx.state.inputNumel > 0 && ctx.state.inputNumel % 2 === 0);
+});
+
 test("non-finite steps are skipped and counted; the patience stops training with a checkpoint", async () => {
   let n = 0;
   const model = {

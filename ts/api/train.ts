@@ -24,6 +24,7 @@ import { evaluateExamples, type EvalResult } from "../train/evaluate.js";
 import { runTrainingLoop, totalStepsFor, type LoopState } from "../train/loop.js";
 import { TrainerStateLog } from "../train/trainer-state.js";
 import { totalFlos } from "../train/flos.js";
+import { stepsFrom } from "../train/schedule.js";
 import type { LogEntry, TrainEvents } from "../train/types.js";
 import { openSession, type Session } from "../tensor.js";
 
@@ -227,7 +228,7 @@ async function trainInFolder(
       // with max_steps the epochs the run spans (as transformers stores num_train_epochs)
       const spe = Math.max(1, Math.ceil(loader.batchesPerEpoch() / config.training.gradient_accumulation_steps));
       const numTrainEpochs = config.training.max_steps > 0 ? Math.ceil(totalSteps / spe) : undefined;
-      await stateLog.write({ logHistory: state.logHistory, globalStep: state.globalStep, config, maxSteps: totalSteps, numTrainEpochs, totalFlos: totalFlos(model.arch, model.paramCount, state.inputNumel) });
+      await stateLog.write({ logHistory: state.logHistory, globalStep: state.globalStep, config, maxSteps: totalSteps, numTrainEpochs, totalFlos: totalFlos(model.arch, model.paramCount, state.inputNumel), loggingSteps: stepsFrom(config.training.logging_steps, totalSteps), evalSteps: stepsFrom(config.training.eval_steps, totalSteps), saveSteps: stepsFrom(config.training.save_steps, totalSteps) });
       if (config.output.plot) await writePlots(outputDir, state.logHistory);
     };
     const saveCk = async (): Promise<string> => {

@@ -64,6 +64,11 @@ export function num(def: number, doc: string, range: Range = {}): FieldSpec<numb
   return spec({ default: def, doc, expected: `a number${rangeText(range)}`, test: (v) => isNum(v) && inRange(v, range) });
 }
 
+/** transformers' *_steps: an integer >= 1, or a fraction in (0, 1) of the run's total steps. */
+export function stepsOrFraction(def: number, doc: string): FieldSpec<number> {
+  return spec({ default: def, doc, expected: "an integer >= 1, or a fraction of the total steps in (0, 1)", test: (v) => isNum(v) && v > 0 && (v < 1 || isInt(v)) });
+}
+
 export function bool(def: boolean, doc: string): FieldSpec<boolean> {
   return spec({ default: def, doc, expected: "true or false", test: (v) => typeof v === "boolean" });
 }

@@ -4,7 +4,7 @@
 // The type annotation makes the compiler check that the schema covers exactly the keys of QloraConfig.
 
 import type { QloraConfig, SectionName } from "./types.js";
-import { bool, custom, int, intIn, isInt, nullable, num, oneOf, str, type FieldSpec } from "./fields.js";
+import { bool, custom, int, intIn, isInt, nullable, num, oneOf, stepsOrFraction, str, type FieldSpec } from "./fields.js";
 
 export const LORA_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] as const;
 
@@ -74,16 +74,16 @@ export const SCHEMA: ConfigSchema = {
     max_grad_norm: num(1.0, "Clip the global gradient norm to this value; 0 disables clipping.", { min: 0 }),
     lr_scheduler_type: oneOf(["linear", "cosine", "constant", "constant_with_warmup"] as const, "linear", "Learning-rate schedule after warmup."),
     warmup_ratio: num(0.03, "Fraction of the total steps spent warming up linearly (used when warmup_steps is 0).", { min: 0, max: 1 }),
-    warmup_steps: int(0, "Warmup steps; overrides warmup_ratio when > 0.", { min: 0 }),
+    warmup_steps: num(0, "Warmup steps; overrides warmup_ratio when > 0. A value below 1 is a fraction of the total steps (ceil(fraction x steps)), as transformers reads it.", { min: 0 }),
     optim: oneOf(["paged_adamw_32bit", "adamw_32bit", "paged_adamw_8bit", "adamw_torch"] as const, "paged_adamw_32bit", "Optimizer: AdamW (torch semantics) with fp32 state paged to host memory under pressure (paged_adamw_32bit), kept on the device (adamw_32bit; adamw_torch is an alias), or blockwise 8-bit paged state (paged_adamw_8bit)."),
     bf16: bool(true, "bf16 mixed precision (requires model.compute_dtype bfloat16)."),
     gradient_checkpointing: bool(true, "Recompute each layer's activations in the backward pass instead of storing them."),
-    logging_steps: int(10, "Log loss, learning rate and gradient norm every N optimizer steps.", { min: 1 }),
+    logging_steps: stepsOrFraction(10, "Log loss, learning rate and gradient norm every N optimizer steps (below 1: that fraction of the total steps, rounded up, as transformers)."),
     eval_strategy: oneOf(["no", "steps", "epoch"] as const, "steps", "When to evaluate on data.eval_split: every eval_steps, every epoch, or never."),
-    eval_steps: int(500, "Evaluate every N optimizer steps (eval_strategy steps).", { min: 1 }),
+    eval_steps: stepsOrFraction(500, "Evaluate every N optimizer steps (eval_strategy steps; below 1: that fraction of the total steps, rounded up)."),
     eval_on_start: bool(true, "Evaluate once before the first step (a step-0 eval entry; not on a resume). transformers' default is false; ours is true so a run reports its loss before and after."),
     save_strategy: oneOf(["no", "steps", "epoch"] as const, "steps", "When to write checkpoint-N/ folders: every save_steps, every epoch, or never."),
-    save_steps: int(500, "Save a checkpoint every N optimizer steps (save_strategy steps).", { min: 1 }),
+    save_steps: stepsOrFraction(500, "Save a checkpoint every N optimizer steps (save_strategy steps; below 1: that fraction of the total steps, rounded up)."),
     seed: int(42, "Seed for LoRA initialization, dropout and (unless data_seed is set) data order.", { min: 0, max: 4294967295 }),
     data_seed: nullable(int(0, "", { min: 0, max: 4294967295 }), null, "Seed for the data order; null uses seed."),
     resume_from_checkpoint: custom<string | boolean | null>(null, "Resume from a checkpoint folder, true for the latest checkpoint in output.dir, or null/false to start fresh.", "a checkpoint folder path, true, false or null", (v) => v === null || typeof v === "boolean" || (typeof v === "string" && v.trim() !== "")),

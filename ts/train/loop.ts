@@ -17,7 +17,7 @@ import type { SamplerState } from "../data/sampler.js";
 import { SINGLE, type World } from "../dist.js";
 import { QloraError } from "../errors.js";
 import { evaluateExamples, type EvalResult } from "./evaluate.js";
-import { lrAt, warmupStepsFrom } from "./schedule.js";
+import { lrAt, stepsFrom, warmupStepsFrom } from "./schedule.js";
 import { windowGradScale } from "./tokens.js";
 import type { LogEntry, OptimizerName, OptimOptions, TrainableModel, TrainEvents } from "./types.js";
 
@@ -96,8 +96,9 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
   // As transformers: an epoch's last window holds the remaining micro-batches (fewer than K when
   // K does not divide the epoch), so every epoch has ceil(batches / K) updates and ends on one.
   const stepsPerEpoch = Math.max(1, Math.ceil(batchesPerEpoch / K));
-  const evalEvery = t.eval_strategy === "steps" ? t.eval_steps : t.eval_strategy === "epoch" ? stepsPerEpoch : 0;
-  const saveEvery = t.save_strategy === "steps" ? t.save_steps : t.save_strategy === "epoch" ? stepsPerEpoch : 0;
+  const logEvery = stepsFrom(t.logging_steps, totalSteps);
+  const evalEvery = t.eval_strategy === "steps" ? stepsFrom(t.eval_steps, totalSteps) : t.eval_strategy === "epoch" ? stepsPerEpoch : 0;
+  const saveEvery = t.save_strategy === "steps" ? stepsFrom(t.save_steps, totalSteps) : t.save_strategy === "epoch" ? stepsPerEpoch : 0;
   // transformers' epoch value: whole epochs done + micro-batches of this one / batches per epoch
   let epochNow = state.globalStep / stepsPerEpoch;
   const patience = config.advanced.nonfinite_patience;
@@ -187,7 +188,7 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
     const last = state.globalStep === totalSteps;
     // As transformers: only every logging_steps (a last step between them is in the summary's
     // train_loss, not in an entry of its own)
-    if (state.globalStep % t.logging_steps === 0) {
+    if (state.globalStep % logEvery === 0) {
       const secs = (performance.now() - logStart) / 1000;
       const entry: LogEntry = {
         step: state.globalStep,

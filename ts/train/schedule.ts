@@ -49,8 +49,15 @@ export function lrAt(k: number, o: ScheduleOptions): number {
   return o.peak * lrFactor(k, o);
 }
 
-/** transformers' TrainingArguments.get_warmup_steps: warmup_steps when > 0, else ceil(ratio * S). */
+/** transformers' TrainingArguments.get_warmup_steps: warmup_steps when >= 1, a fraction of S
+ *  when in (0, 1) (transformers 5), else warmup_ratio's ceil(ratio * S) (transformers 4). */
 export function warmupStepsFrom(warmupSteps: number, warmupRatio: number, totalSteps: number): number {
-  if (warmupSteps > 0) return Math.floor(warmupSteps);
+  if (warmupSteps >= 1) return Math.floor(warmupSteps);
+  if (warmupSteps > 0) return Math.ceil(totalSteps * warmupSteps);
   return Math.ceil(totalSteps * warmupRatio);
+}
+
+/** transformers' TrainerState.compute_steps: a *_steps value below 1 is ceil(fraction * S). */
+export function stepsFrom(steps: number, totalSteps: number): number {
+  return steps < 1 ? Math.ceil(totalSteps * steps) : steps;
 }
