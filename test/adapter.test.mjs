@@ -133,8 +133,12 @@ test("errors: missing files, wrong peft_type, unpaired or mis-shaped weights", a
     await assert.rejects(writeAdapter(dir, { loraWeights: { [`${base}.lora_A.weight`]: A, [`${base}.lora_B.weight`]: B }, config: { r: 4, targets: ["q_proj"] } }), { code: "E_ARG" });
     await writeAdapter(dir, { loraWeights: { [`${base}.lora_A.weight`]: A, [`${base}.lora_B.weight`]: B }, config: cfg });
     const cfgPath = path.join(dir, "adapter_config.json");
-    writeFileSync(cfgPath, JSON.stringify({ ...JSON.parse(readFileSync(cfgPath, "utf8")), peft_type: "IA3" }));
+    const good = readFileSync(cfgPath, "utf8");
+    writeFileSync(cfgPath, JSON.stringify({ ...JSON.parse(good), peft_type: "IA3" }));
     await assert.rejects(readAdapter(dir), { code: "E_FORMAT" });
+    // 1e400 parses to Infinity: merge would write infinite weights
+    writeFileSync(cfgPath, good.replace(/"lora_alpha": *[0-9.e+-]+/, '"lora_alpha": 1e400'));
+    await assert.rejects(readAdapter(dir), (e) => e.code === "E_FORMAT" && /lora_alpha must be a finite number, got Infinity/.test(e.message));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -260,3 +260,16 @@ test("edit distance and suggestions", () => {
   assert.equal(closest("xyz", ["learning_rate", "seed"]), undefined);
   assert.equal(closest("r", ["r", "alpha"]), "r");
 });
+
+test("--set and YAML keys named __proto__ / constructor are unknown keys, never prototypes; an alias bomb is E_CONFIG", async (t) => {
+  for (const set of [["__proto__.polluted=1"], ["training.__proto__=1"], ["constructor.prototype=1"], ["training.constructor=1"]]) {
+    await assert.rejects(loadConfig(undefined, { set }), (e) => e.code === "E_CONFIG" && /unknown key "(__proto__|constructor)"/.test(e.message), set[0]);
+  }
+  const dir = tempDir(t, "qn-cfg-proto-");
+  writeFileSync(join(dir, "proto.yaml"), "__proto__:\n  polluted: 1\ntraining:\n  __proto__: {polluted: 1}\n");
+  await assert.rejects(loadConfig(join(dir, "proto.yaml")), (e) => e.code === "E_CONFIG" && e.problems.length === 2);
+  assert.equal({}.polluted, undefined);
+  const lvl = (name, prev) => `${name}: &${name} [${Array(9).fill(prev ? `*${prev}` : '"x"').join(",")}]\n`;
+  writeFileSync(join(dir, "bomb.yaml"), lvl("a") + lvl("b", "a") + lvl("c", "b") + lvl("d", "c") + `e: [${Array(9).fill("*d").join(",")}]\n`);
+  await assert.rejects(loadConfig(join(dir, "bomb.yaml")), (e) => e.code === "E_CONFIG" && /valid YAML/.test(e.message) && /alias/.test(e.message));
+});

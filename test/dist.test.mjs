@@ -197,15 +197,24 @@ test("2 ranks resume from rank 0's checkpoint: the same adapter as the uninterru
   for (const k of Object.keys(a)) assert.deepEqual(b[k], a[k], k);
 });
 
-test("Ctrl-C on train --nproc: every rank stops after the step, rank 0 saves a checkpoint, exit 130", { skip, timeout: 180_000 }, async () => {
-  const { child, done, output } = await startUntilCheckpoint("interrupt");
-  child.kill("SIGINT");
-  assert.equal(await done, 130, output());
-  assert.match(output(), /interrupt: finishing the current step/);
-  const last = findLatestCheckpoint(path.join(work, "out-interrupt"));
-  const saved = [...output().matchAll(/checkpoint saved: (\S+)/g)].map((m) => m[1]);
-  assert.equal(last, saved[saved.length - 1]);
-  assert.ok((await loadCheckpoint(last)).step >= 2);
+for (const [signal, status, name] of [["SIGINT", 130, "interrupt"], ["SIGTERM", 143, "terminate"]]) {
+  test(`${signal} to train --nproc: every rank stops after the step, rank 0 saves a checkpoint, exit ${status}`, { skip, timeout: 180_000 }, async () => {
+    const { child, rank1, done, output } = await startUntilCheckpoint(name);
+    child.kill(signal);
+    assert.equal(await done, status, output());
+    assert.match(output(), /interrupt: finishing the current step/);
+    const last = findLatestCheckpoint(path.join(work, `out-${name}`));
+    const saved = [...output().matchAll(/checkpoint saved: (\S+)/g)].map((m) => m[1]);
+    assert.equal(last, saved[saved.length - 1]);
+    assert.ok((await loadCheckpoint(last)).step >= 2);
+    assert.throws(() => process.kill(rank1, 0), { code: "ESRCH" }, "no rank outlives the launcher");
+  });
+}
+
+test("--nproc far above this machine's cores without a hostfile is refused", () => {
+  const r = spawnSync(process.execPath, [cli, "train", "--nproc", "1000000000"], { encoding: "utf8", env, timeout: 60_000 });
+  assert.equal(r.status, 2, r.stderr);
+  assert.match(r.stderr, /--nproc 1000000000 is more than 4 ranks per core on this machine .*--hostfile.*\[E_ARG\]/);
 });
 
 test("killing one rank ends the run in bounded time with a message naming it; the last checkpoint loads", { skip, timeout: 180_000 }, async () => {

@@ -32,17 +32,31 @@ async function runUnderMpirun(argv: TrainArgs): Promise<number> {
     // mpirun kills the job on SIGINT but forwards SIGUSR1 to every rank: in its own process group
     // (so a terminal's Ctrl-C reaches only us), the first Ctrl-C becomes SIGUSR1 (each rank stops
     // after the step, rank 0 saves a checkpoint), a second one SIGINT (the job ends at once)
+    // SIGTERM (kill, timeout, a batch scheduler) does the same, so the job never runs on orphaned
+    // and stops with a checkpoint; a second SIGTERM is passed on as is (mpirun ends the ranks).
     const child = spawn(command, args, { stdio: "inherit", env, detached: true });
     let interrupts = 0;
-    const forward = () => child.kill(++interrupts === 1 ? "SIGUSR1" : "SIGINT");
-    process.on("SIGINT", forward);
+    let terminated = false;
+    const onInt = () => child.kill(++interrupts === 1 ? "SIGUSR1" : "SIGINT");
+    const onTerm = () => {
+      child.kill(++interrupts === 1 ? "SIGUSR1" : "SIGTERM");
+      terminated = true;
+    };
+    const detach = () => {
+      process.off("SIGINT", onInt);
+      process.off("SIGTERM", onTerm);
+    };
+    process.on("SIGINT", onInt);
+    process.on("SIGTERM", onTerm);
     child.on("error", (e) => {
-      process.off("SIGINT", forward);
+      detach();
       reject(new QloraError("E_NO_DEVICE", `train --nproc needs Open MPI's mpirun (${(e as Error).message}); install openmpi-bin`));
     });
     child.on("exit", (code, signal) => {
-      process.off("SIGINT", forward);
-      resolve(code ?? (signal ? 128 + (os.constants.signals[signal] ?? 0) : 1));
+      detach();
+      const status = code ?? (signal ? 128 + (os.constants.signals[signal] ?? 0) : 1);
+      // the ranks' "stopped by a signal" status is Ctrl-C's 130; after SIGTERM, 143 as without --nproc
+      resolve(terminated && status === 130 ? 143 : status);
     });
   });
 }
@@ -67,6 +81,11 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
   handler: async (argv) => {
     if (argv.nproc !== undefined && !launcherRanks()) {
       if (!Number.isInteger(argv.nproc) || argv.nproc < 1) throw new QloraError("E_ARG", `--nproc must be a positive integer, got ${argv.nproc}`);
+      // one node: mpirun oversubscribes the cores; far more ranks than cores is a typo, not a job
+      const maxLocal = 4 * os.availableParallelism();
+      if (argv.hostfile === undefined && argv.nproc > maxLocal)
+        throw new QloraError("E_ARG", `--nproc ${argv.nproc} is more than 4 ranks per core on this machine (${os.availableParallelism()} cores, at most ${maxLocal}); for several nodes pass --hostfile`);
+      if (argv.nproc > 65536) throw new QloraError("E_ARG", `--nproc ${argv.nproc} is more ranks than qlora-native supports (65536)`);
       if (argv.nproc > 1) {
         process.exitCode = await runUnderMpirun(argv);
         return;

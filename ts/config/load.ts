@@ -27,11 +27,19 @@ function isMapping(v: unknown): v is Obj {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
+/** obj[k] = v as an own data property: "__proto__" stays a key (validation reports it) and never
+ * reaches a prototype. */
+function setOwn(obj: Obj, k: string, v: unknown): void {
+  Object.defineProperty(obj, k, { value: v, writable: true, enumerable: true, configurable: true });
+}
+
+const ownValue = (obj: Obj, k: string): unknown => (Object.hasOwn(obj, k) ? obj[k] : undefined);
+
 /** Deep merge of mappings; lists and scalars in `over` replace those in `under`. */
 export function mergeConfig(under: unknown, over: unknown): unknown {
   if (!isMapping(under) || !isMapping(over)) return over === undefined ? under : structuredClone(over);
   const out: Obj = { ...structuredClone(under) };
-  for (const [k, v] of Object.entries(over)) out[k] = mergeConfig(out[k], v);
+  for (const [k, v] of Object.entries(over)) setOwn(out, k, mergeConfig(ownValue(out, k), v));
   return out;
 }
 
@@ -46,11 +54,17 @@ export function parseConfigText(text: string, source: string): unknown {
     });
     throw new ConfigError(problems, source);
   }
-  return doc.toJS();
+  try {
+    return doc.toJS();
+  } catch (err) {
+    // e.g. "Excessive alias count" (a YAML alias bomb)
+    throw new ConfigError([{ path: source, expected: "valid YAML", found: (err as Error).message.split("\n")[0] }], source);
+  }
 }
 
 function fieldAt(section: string, key: string): FieldSpec | undefined {
-  const s = (SCHEMA as unknown as Record<string, Record<string, FieldSpec>>)[section];
+  const schema = SCHEMA as unknown as Record<string, Record<string, FieldSpec>>;
+  const s = Object.hasOwn(schema, section) ? schema[section] : undefined;
   return s && Object.hasOwn(s, key) ? s[key] : undefined;
 }
 
@@ -63,7 +77,14 @@ export function parseSetArg(arg: string): { path: string[]; value: unknown } | C
   }
   const raw = arg.slice(eq + 1);
   const doc = parseDocument(raw);
-  const value = doc.errors.length > 0 ? raw : doc.toJS();
+  let value: unknown = raw;
+  if (doc.errors.length === 0) {
+    try {
+      value = doc.toJS();
+    } catch {
+      value = raw; // (an alias bomb: kept as text, which validation then judges)
+    }
+  }
   const field = fieldAt(path[0], path[1]);
   if (field && !field.test(value) && field.test(raw)) return { path, value: raw };
   return { path, value };
@@ -79,14 +100,14 @@ export function applyOverrides(obj: Obj, sets: readonly string[]): ConfigProblem
       continue;
     }
     const [section, key] = parsed.path;
-    const current = obj[section];
+    const current = ownValue(obj, section);
     if (current !== undefined && current !== null && !isMapping(current)) {
       problems.push({ path: section, expected: `a mapping of ${section} keys`, found: "a value that --set cannot extend" });
       continue;
     }
     const target: Obj = isMapping(current) ? current : {};
-    target[key] = parsed.value;
-    obj[section] = target;
+    setOwn(target, key, parsed.value);
+    setOwn(obj, section, target);
   }
   return problems;
 }

@@ -204,7 +204,7 @@ export async function readAdapterConfig(dir: string): Promise<PeftAdapterConfig>
   if (!c || typeof c !== "object") throw new QloraError("E_FORMAT", `${file}: not a JSON object`);
   if (c.peft_type !== "LORA") throw new QloraError("E_FORMAT", `${file}: peft_type is ${JSON.stringify(c.peft_type)}, only "LORA" adapters are supported`);
   if (!Number.isInteger(c.r) || c.r <= 0) throw new QloraError("E_FORMAT", `${file}: r must be a positive integer`);
-  if (typeof c.lora_alpha !== "number") throw new QloraError("E_FORMAT", `${file}: lora_alpha must be a number`);
+  if (typeof c.lora_alpha !== "number" || !Number.isFinite(c.lora_alpha)) throw new QloraError("E_FORMAT", `${file}: lora_alpha must be a finite number, got ${String(c.lora_alpha)}`);
   return c;
 }
 
