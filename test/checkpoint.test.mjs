@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { test } from "node:test";
-import { findLatestCheckpoint, listCheckpoints, loadCheckpoint, saveCheckpoint, verifyCheckpoint } from "../dist/train/checkpoint.js";
+import { assertNoForeignCheckpoints, findLatestCheckpoint, foreignCheckpointEntries, listCheckpoints, loadCheckpoint, saveCheckpoint, verifyCheckpoint } from "../dist/train/checkpoint.js";
 
 const MODULE = "base_model.model.model.layers.0.self_attn.q_proj";
 
@@ -103,6 +103,26 @@ test("save_total_limit keeps the newest, deletes oldest first, never the one jus
     assert.deepEqual(readdirSync(dir), ["checkpoint-50"]);
     await saveCheckpoint(dir, 60, { ...stateFor(60), saveTotalLimit: null });
     assert.deepEqual(listCheckpoints(dir).map((c) => c.step), [60, 50]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a checkpoint-N entry that is not our checkpoint (a file, a folder without manifest) is never replaced", async () => {
+  const dir = tmp();
+  try {
+    writeFileSync(path.join(dir, "checkpoint-2"), "my notes");
+    mkdirSync(path.join(dir, "checkpoint-3"));
+    writeFileSync(path.join(dir, "checkpoint-3", "results.csv"), "a,b");
+    assert.deepEqual(foreignCheckpointEntries(dir).sort(), [path.join(dir, "checkpoint-2"), path.join(dir, "checkpoint-3")]);
+    assert.throws(() => assertNoForeignCheckpoints(dir), (e) => e.code === "E_IO" && /not a qlora-native checkpoint .*nothing was overwritten/.test(e.message));
+    for (const step of [2, 3]) await assert.rejects(saveCheckpoint(dir, step, stateFor(step)), (e) => e.code === "E_IO" && e.message.includes(`checkpoint-${step} is named like a checkpoint`));
+    assert.equal(readFileSync(path.join(dir, "checkpoint-2"), "utf8"), "my notes");
+    assert.equal(readFileSync(path.join(dir, "checkpoint-3", "results.csv"), "utf8"), "a,b");
+    // our own checkpoint of the same step is replaced (a resumed run saving that step again)
+    await saveCheckpoint(dir, 4, stateFor(4));
+    await saveCheckpoint(dir, 4, stateFor(4));
+    assert.deepEqual(listCheckpoints(dir).map((c) => c.step), [4]);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

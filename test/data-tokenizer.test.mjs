@@ -67,6 +67,10 @@ test("missing or broken tokenizer files", async (t) => {
   await assert.rejects(TextTokenizer.load(dir), (err) => err.code === "E_NOT_FOUND" && err.message.startsWith(`no tokenizer.json in ${dir}`));
   writeFileSync(join(dir, "tokenizer.json"), "{ not json");
   await assert.rejects(TextTokenizer.load(dir), (err) => err.code === "E_DATA" && err.message.startsWith(`${join(dir, "tokenizer.json")} is not valid JSON`));
+  const json = JSON.parse(readFileSync(join(QWEN_TOKENIZER_DIR, "tokenizer.json"), "utf8"));
+  json.model.vocab = {};
+  writeFileSync(join(dir, "tokenizer.json"), JSON.stringify(json));
+  await assert.rejects(TextTokenizer.load(dir), (err) => err.code === "E_DATA" && /model\.vocab is empty/.test(err.message));
 });
 
 test("WikiText-2 validation: 262,210 tokens over non-empty lines", { skip: SHARED_SKIP }, () => {

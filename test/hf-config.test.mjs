@@ -25,9 +25,13 @@ test("unsupported settings are refused by name", () => {
     [{ mlp_bias: true }, /"mlp_bias": true is not supported/],
     [{ hidden_act: "gelu" }, /hidden_act "gelu" is not supported/],
     [{ rope_parameters: { rope_type: "linear", rope_theta: 1e4, factor: 2 } }, /rope_type "linear" is not supported/],
+    [{ rope_scaling: "yarn" }, /"rope_scaling" must be an object or null, got "yarn"/],
+    [{ rope_scaling: { factor: 4 } }, /rope_scaling has "factor": RoPE scaling is not supported/],
     [{ model_type: "mistral", architectures: ["MistralForCausalLM"] }, /unsupported model_type "mistral"/],
   ]) {
     assert.throws(() => parseHfConfig({ ...llama, ...patch }, "m/config.json"), (e) => e.code === "E_FORMAT" && e.message.startsWith("m/config.json: ") && re.test(e.message), JSON.stringify(patch));
   }
   assert.throws(() => parseHfConfig({ ...qwen, use_sliding_window: true }), (e) => e.code === "E_FORMAT" && /use_sliding_window/.test(e.message));
+  // the default rope spelled out is fine
+  assert.equal(parseHfConfig({ ...llama, rope_scaling: null, rope_parameters: { rope_type: "default", rope_theta: 5e5 } }).ropeTheta, 5e5);
 });

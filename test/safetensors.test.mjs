@@ -3,7 +3,7 @@
 // checkpoints, and the float conversions.
 
 import assert from "node:assert/strict";
-import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import {
@@ -210,7 +210,12 @@ test("Checkpoint: single file and shards with an index; errors name the files", 
   await assert.rejects(Checkpoint.open(dir), expectCode("E_FORMAT", /not a .safetensors file name/));
   writeFileSync(join(dir, "model.safetensors.index.json"), "{");
   await assert.rejects(Checkpoint.open(dir), expectCode("E_FORMAT", /model.safetensors.index.json: not valid JSON/));
+  writeFileSync(join(dir, "model.safetensors.index.json"), JSON.stringify({ metadata: {}, weight_map: {} }));
+  await assert.rejects(Checkpoint.open(dir), expectCode("E_FORMAT", /model.safetensors.index.json: "weight_map" is empty/));
   await assert.rejects(Checkpoint.open(tempDir(t)), expectCode("E_IO", /no model.safetensors or model.safetensors.index.json/));
+  const folder = tempDir(t);
+  mkdirSync(join(folder, "model.safetensors"));
+  await assert.rejects(Checkpoint.open(folder), expectCode("E_FORMAT", new RegExp(`${join(folder, "model.safetensors").replace(/[.]/g, "\\.")}: is a folder, not a safetensors file`)));
 });
 
 test("float conversions: bf16 and f16 round to nearest even, toFloat32 of every float dtype", () => {

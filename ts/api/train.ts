@@ -18,7 +18,7 @@ import { loadModel, type LoraTarget, type QwenModel } from "../model/index.js";
 import { native } from "../native.js";
 import { writePlots } from "../report/index.js";
 import { adapterTargets, readAdapter, writeAdapter } from "../train/adapter.js";
-import { damagedCheckpoints, findLatestCheckpoint, loadCheckpoint, saveCheckpoint } from "../train/checkpoint.js";
+import { assertNoForeignCheckpoints, damagedCheckpoints, findLatestCheckpoint, loadCheckpoint, saveCheckpoint } from "../train/checkpoint.js";
 import { lockOutputDir } from "../train/output-lock.js";
 import { evaluateExamples, type EvalResult } from "../train/evaluate.js";
 import { runTrainingLoop, totalStepsFor, type LoopState } from "../train/loop.js";
@@ -123,6 +123,12 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
   if (world.isMain) {
     mkdirSync(outputDir, { recursive: true });
     unlock = lockOutputDir(outputDir); // one run per output folder
+    try {
+      assertNoForeignCheckpoints(outputDir); // before any work: saving would replace them
+    } catch (e) {
+      unlock();
+      throw e;
+    }
   }
   try {
     if (world.isMain) await saveResolvedConfig(config, outputDir);

@@ -93,6 +93,9 @@ export class TextTokenizer implements TokenizerInfo {
     } catch (err) {
       throw new QloraError("E_DATA", `cannot build the tokenizer from ${join(files.dir, "tokenizer.json")}: ${(err as Error).message}`, { cause: err });
     }
+    const vocab = json.model?.vocab;
+    if (vocab !== undefined && (vocab === null || typeof vocab !== "object" || Object.keys(vocab).length === 0))
+      throw new QloraError("E_DATA", `${join(files.dir, "tokenizer.json")}: model.vocab is empty, so every text would encode to nothing`);
     const added = json.added_tokens ?? [];
     this.specialIds = new Set(added.filter((t) => t.special).map((t) => t.id));
     const idOf = (content: string | null): number | undefined =>

@@ -170,7 +170,9 @@ export class SafetensorsFile {
       throw ioError("open", file, e);
     }
     try {
-      const size = (await fh.stat()).size;
+      const st = await fh.stat();
+      if (st.isDirectory()) throw formatError(file, "is a folder, not a safetensors file");
+      const size = st.size;
       if (size < 8) throw formatError(file, `not a safetensors file: ${size} bytes, shorter than the 8-byte header length`);
       const lenBuf = Buffer.alloc(8);
       await readFully(fh, lenBuf, 0, file, "the header length");
@@ -250,6 +252,7 @@ export class Checkpoint {
       }
       const wm = index?.weight_map;
       if (wm === null || typeof wm !== "object" || Array.isArray(wm)) throw formatError(indexPath, "no \"weight_map\" object");
+      if (Object.keys(wm).length === 0) throw formatError(indexPath, "\"weight_map\" is empty: it names no tensor or shard");
       const byFile = new Map<string, SafetensorsFile>();
       const where = new Map<string, SafetensorsFile>();
       try {

@@ -69,10 +69,14 @@ export function parseHfConfig(cfg: Json, file = "config.json"): ModelArch {
     ["rope_parameters", rp],
     ["rope_scaling", rs],
   ] as const) {
-    if (o && typeof o === "object") {
-      const t = o.rope_type ?? o.type ?? "default";
-      if (t !== "default") throw fmt(file, `${k}.rope_type ${JSON.stringify(t)} is not supported (only "default")`);
-    }
+    if (o === null) continue;
+    if (typeof o !== "object" || Array.isArray(o)) throw fmt(file, `"${k}" must be an object or null, got ${JSON.stringify(o)}`);
+    const t = o.rope_type ?? o.type ?? "default";
+    if (t !== "default") throw fmt(file, `${k}.rope_type ${JSON.stringify(t)} is not supported (only "default")`);
+    // a default rope with scaling settings (e.g. {"factor": 4} without a type) would be read as
+    // plain RoPE, which is not what the file asks for
+    const extra = Object.keys(o).filter((x) => !["rope_type", "type", "rope_theta"].includes(x) && !(x === "partial_rotary_factor" && o[x] === 1));
+    if (extra.length) throw fmt(file, `${k} has ${extra.map((x) => JSON.stringify(x)).join(", ")}: RoPE scaling is not supported (only the default RoPE with rope_theta)`);
   }
   const ropeTheta =
     rp && typeof rp === "object" && rp.rope_theta !== undefined

@@ -188,11 +188,34 @@ export function findLatestCheckpoint(outputDir: string): string | null {
   return listCheckpoints(outputDir)[0]?.path ?? null;
 }
 
+/** Entries of outputDir named like a checkpoint (checkpoint-N) that are not one of ours (a file,
+ * or a folder without our manifest): saving over them would delete someone's data. */
+export function foreignCheckpointEntries(outputDir: string): string[] {
+  let names: string[];
+  try {
+    names = readdirSync(outputDir);
+  } catch {
+    return [];
+  }
+  return names.filter((n) => CHECKPOINT_RE.test(n) && !existsSync(path.join(outputDir, n, MANIFEST_FILE))).map((n) => path.join(outputDir, n));
+}
+
+function refuseForeign(outputDir: string, found: string[]): void {
+  if (found.length === 0) return;
+  throw new QloraError("E_IO", `${found.join(", ")} ${found.length === 1 ? "is" : "are"} named like a checkpoint but ${found.length === 1 ? "is" : "are"} not a qlora-native checkpoint (no ${MANIFEST_FILE}); move ${found.length === 1 ? "it" : "them"} out of ${outputDir} or choose another output.dir (nothing was overwritten)`);
+}
+
+/** Throws E_IO when outputDir holds checkpoint-N entries that are not our checkpoints. */
+export function assertNoForeignCheckpoints(outputDir: string): void {
+  refuseForeign(outputDir, foreignCheckpointEntries(outputDir));
+}
+
 /** Writes outputDir/checkpoint-<step> atomically, then applies save_total_limit. Returns its path. */
 export async function saveCheckpoint(outputDir: string, step: number, data: CheckpointData): Promise<string> {
   if (!Number.isInteger(step) || step < 0) throw new QloraError("E_ARG", `saveCheckpoint: step must be an integer >= 0, got ${step}`);
   await mkdir(outputDir, { recursive: true });
   const finalDir = path.join(outputDir, checkpointDirName(step));
+  if (existsSync(finalDir) && !existsSync(path.join(finalDir, MANIFEST_FILE))) refuseForeign(outputDir, [finalDir]);
   const tmpName = `${checkpointDirName(step)}.tmp-${randomBytes(6).toString("hex")}`;
   const tmp = path.join(outputDir, tmpName);
   await cleanTemp(outputDir);
