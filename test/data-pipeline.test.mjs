@@ -3,12 +3,13 @@
 // WikiText-2 reference count with throughput figures when ../shared/data is present.
 
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { appendFileSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { before, test } from "node:test";
 import { loadConfig } from "../dist/config/index.js";
 import { buildExampleSets, prepareDataset, TextTokenizer, TokenizePool, TrainLoader } from "../dist/data/index.js";
-import { makeModelDir, QWEN_TOKENIZER_DIR, rawText, ROOT, SHARED_SKIP, SHARED_WIKITEXT, tempDir, textRows, writeTree } from "./assets/data/helpers.mjs";
+import { hfRows, makeModelDir, QWEN_TOKENIZER_DIR, rawText, ROOT, SHARED_SKIP, SHARED_WIKITEXT, tempDir, textRows, writeTree } from "./assets/data/helpers.mjs";
 
 let tok; // reference tokenizer with the same files as the model folders below
 before(async () => {
@@ -42,9 +43,10 @@ test("tokenizes all splits, then loads them from the cache", async (t) => {
   const a = await prepareDataset(c, { log: (l) => logs.push(l) });
   assert.deepEqual([a.tokenizer.eosId, a.tokenizer.padId, a.tokenizer.vocabSize], [151643, 151643, 151669]);
   assert.equal(a.tokenizer.dir, s.model);
-  expectRows(a.train, textRows("train"));
-  expectRows(a.eval, textRows("validation"));
-  expectRows(a.test, textRows("test"));
+  // every row as the HF loader gives it, blank ones "" (no ids)
+  expectRows(a.train, hfRows("train"));
+  expectRows(a.eval, hfRows("validation"));
+  expectRows(a.test, hfRows("test"));
   assert.deepEqual([a.train.fromCache, a.stats.cacheHits, a.stats.cacheMisses], [false, 0, 3]);
   assert.match(logs[0], /^tokenized train, eval, test: /);
   assert.equal(readdirSync(s.cache).filter((f) => f.endsWith(".tok")).length, 3);
@@ -68,7 +70,7 @@ test("cache invalidation: data bytes, tokenizer files, reader settings", async (
   const b = await prepareDataset(c);
   assert.deepEqual([b.train.fromCache, b.eval.fromCache, b.test.fromCache], [true, false, true]);
   assert.notEqual(b.eval.cacheKey, a.eval.cacheKey);
-  expectRows(b.eval, [...textRows("validation"), " A new paragraph about terns . \n"]);
+  expectRows(b.eval, [...hfRows("validation"), " A new paragraph about terns . \n"]);
 
   writeFileSync(join(s.model, "tokenizer_config.json"), JSON.stringify({ eos_token: "<|im_end|>", pad_token: "<|endoftext|>" }));
   const d = await prepareDataset(c);
@@ -151,7 +153,7 @@ test("examples and batches from a config (padding and packing)", async (t) => {
   const c = await config(s, ["data.max_length=16", "training.per_device_train_batch_size=3"]);
   const prepared = await prepareDataset(c);
   const sets = buildExampleSets(prepared, c);
-  assert.equal(sets.train.length, prepared.train.numRows);
+  assert.equal(sets.train.length, textRows("train").length, "one example per row with text");
   const loader = TrainLoader.fromConfig(sets.train, c, prepared.tokenizer.padId);
   const b = loader.next();
   assert.deepEqual([b.batchSize, b.seqLen], [3, 16]);
@@ -164,10 +166,51 @@ test("examples and batches from a config (padding and packing)", async (t) => {
   assert.equal(p.train.length, 4);
   const stream = [];
   for (let r = 0; r < prepared.train.numRows; r++) {
-    if (r > 0) stream.push(prepared.tokenizer.eosId);
+    if (prepared.train.offsets[r + 1] === prepared.train.offsets[r]) continue; // empty rows: no EOS either
+    if (stream.length > 0) stream.push(prepared.tokenizer.eosId);
     stream.push(...prepared.train.ids.subarray(prepared.train.offsets[r], prepared.train.offsets[r + 1]));
   }
   assert.deepEqual(Array.from(p.train.tokens(1)), stream.slice(16, 32));
+});
+
+/** The Qwen tokenizer with a post-processor that prepends <|im_start|> (151644), as a Llama
+ * tokenizer prepends its BOS. */
+function prefixTokenizerModel(dir, s) {
+  const json = JSON.parse(readFileSync(join(QWEN_TOKENIZER_DIR, "tokenizer.json"), "utf8"));
+  json.post_processor = {
+    type: "TemplateProcessing",
+    single: [{ SpecialToken: { id: "<|im_start|>", type_id: 0 } }, { Sequence: { id: "A", type_id: 0 } }],
+    pair: [{ SpecialToken: { id: "<|im_start|>", type_id: 0 } }, { Sequence: { id: "A", type_id: 0 } }, { Sequence: { id: "B", type_id: 1 } }],
+    special_tokens: { "<|im_start|>": { id: "<|im_start|>", ids: [151644], tokens: ["<|im_start|>"] } },
+  };
+  return writeTree(dir, { "tokenizer.json": JSON.stringify(json), "tokenizer_config.json": readFileSync(join(s.model, "tokenizer_config.json")), "config.json": "{}" });
+}
+
+test("packing_separator none + packing_group_rows 1000 give run_clm.py's blocks (fixture from datasets + transformers)", async (t) => {
+  // test/fixtures/gen_packing.py: the datasets text loader (keep_linebreaks), tokenizer(text),
+  // group_texts under map(batched=True): 1000-row groups, each group's remainder dropped
+  const fx = JSON.parse(readFileSync(join(ROOT, "test", "fixtures", "packing", "run_clm.json"), "utf8"));
+  const s = setup(t);
+  const data = writeTree(join(s.root, "corpus"), { "train.txt": readFileSync(join(ROOT, "test", "fixtures", "packing", "corpus.txt")) });
+  const models = { qwen: s.model, prefix_151644: prefixTokenizerModel(join(s.root, "prefix-model"), s) };
+  const set = [`data.path=${data}`, "data.eval_split=null", "data.test_split=null", "training.eval_strategy=no", "data.keep_linebreaks=true", "data.packing=true", `data.max_length=${fx.block_size}`];
+  for (const [name, want] of Object.entries(fx.cases)) {
+    const c = await config({ ...s, model: models[name] }, [...set, "data.packing_separator=none", `data.packing_group_rows=${fx.map_batch_size}`]);
+    const prepared = await prepareDataset(c);
+    assert.equal(prepared.train.numRows, want.rows, name);
+    const { train } = buildExampleSets(prepared, c);
+    assert.equal(train.length, want.blocks, name);
+    const flat = new Int32Array(train.length * fx.block_size);
+    for (let i = 0; i < train.length; i++) flat.set(train.tokens(i), i * fx.block_size);
+    assert.deepEqual(Array.from(train.tokens(0)), want.first_block, name);
+    assert.deepEqual(Array.from(train.tokens(train.length - 1)), want.last_block, name);
+    assert.equal(createHash("sha256").update(new Uint8Array(flat.buffer)).digest("hex"), want.ids_sha256, name);
+    // one stream (no groups): only the split's last partial block is dropped, so at least as many
+    const whole = buildExampleSets(prepared, await config({ ...s, model: models[name] }, [...set, "data.packing_separator=none"])).train;
+    const tokens = prepared.train.ids.length;
+    assert.equal(whole.length, Math.floor(tokens / fx.block_size), name);
+    assert.ok(whole.length >= want.blocks);
+  }
 });
 
 test("WikiText-2 validation as train: 262,210 tokens; throughput and cached load", { skip: SHARED_SKIP }, async (t) => {
@@ -178,9 +221,10 @@ test("WikiText-2 validation as train: 262,210 tokens; throughput and cached load
   });
   const first = await prepareDataset(c);
   assert.equal(first.train.source.files[0], join(SHARED_WIKITEXT, "wiki.valid.raw"));
-  assert.equal(first.train.numRows, 2461);
+  // the row counts of the HF dataset (wikitext-2-raw-v1 validation / test), blank rows included
+  assert.equal(first.train.numRows, 3760);
   assert.equal(first.train.numTokens, 262210);
-  assert.equal(first.eval.numRows, 2891);
+  assert.equal(first.eval.numRows, 4358);
   const mb = first.stats.bytesTokenized / 1e6;
   t.diagnostic(`first pass: ${mb.toFixed(2)} MB in ${first.stats.tokenizeSeconds.toFixed(2)} s on ${first.stats.workers} thread(s) = ${(mb / first.stats.tokenizeSeconds).toFixed(2)} MB/s (tokenizer load included)`);
   const cached = await prepareDataset(c);
@@ -192,23 +236,15 @@ test("WikiText-2 validation as train: 262,210 tokens; throughput and cached load
 
 test("special tokens of the tokenizer's post-processor (a Llama-style BOS) start every row, as transformers adds them", async (t) => {
   const s = setup(t);
-  // The Qwen tokenizer with a TemplateProcessing post-processor that prepends <|im_start|>
-  // (151644), as Llama tokenizers prepend their BOS.
-  const json = JSON.parse(readFileSync(join(QWEN_TOKENIZER_DIR, "tokenizer.json"), "utf8"));
-  json.post_processor = {
-    type: "TemplateProcessing",
-    single: [{ SpecialToken: { id: "<|im_start|>", type_id: 0 } }, { Sequence: { id: "A", type_id: 0 } }],
-    pair: [{ SpecialToken: { id: "<|im_start|>", type_id: 0 } }, { Sequence: { id: "A", type_id: 0 } }, { Sequence: { id: "B", type_id: 1 } }],
-    special_tokens: { "<|im_start|>": { id: "<|im_start|>", ids: [151644], tokens: ["<|im_start|>"] } },
-  };
-  const bosModel = join(s.root, "bos-model");
-  writeTree(bosModel, { "tokenizer.json": JSON.stringify(json), "tokenizer_config.json": readFileSync(join(s.model, "tokenizer_config.json")), "config.json": "{}" });
+  // The Qwen tokenizer with a post-processor that prepends <|im_start|> (as Llama's BOS)
+  const bosModel = prefixTokenizerModel(join(s.root, "bos-model"), s);
   const bosTok = await TextTokenizer.load(bosModel);
   assert.deepEqual([bosTok.specialPrefix, bosTok.specialSuffix], [[151644], []]);
   assert.deepEqual([tok.specialPrefix, tok.specialSuffix], [[], []], "Qwen's own tokenizer adds nothing");
 
   const withBos = await prepareDataset(await config({ ...s, model: bosModel }));
-  const rows = textRows("train");
+  // every row, blank ones too: tokenizer("") is the BOS alone in transformers
+  const rows = hfRows("train");
   assert.equal(withBos.train.numRows, rows.length);
   const expected = rows.map((r) => [151644, ...tok.encode(r)]);
   assert.deepEqual(Array.from(withBos.train.ids), expected.flat());

@@ -32,9 +32,11 @@ test("raw WikiText folder: rows as the HF wikitext loader gives them", async (t)
   assert.equal(s.eval.files[0], join(dir, "wiki.valid.raw"));
   assert.equal(s.test.files[0], join(dir, "wiki.test.raw"));
   const rows = await readSplitRows(s.train, "text");
-  assert.equal(rows.totalRows, MINI_SPLITS.train.length);
-  assert.deepEqual(rows.rows, textRows("train"));
-  assert.ok(rows.rows.every((r) => r.endsWith(" \n")), "line break kept, as in the HF rows");
+  // every row, blank ones as "" (they count in run_clm's row groups and tokenize to nothing)
+  assert.deepEqual(rows.rows, hfRows("train"));
+  assert.equal(rows.rows.length, MINI_SPLITS.train.length);
+  assert.equal(rows.textRows, textRows("train").length);
+  assert.ok(rows.rows.every((r) => r === "" || r.endsWith(" \n")), "line break kept, as in the HF rows");
   assert.equal(rows.bytes, Buffer.byteLength(rawText("train")));
 });
 
@@ -49,7 +51,7 @@ test("HF parquet layout gives the same rows as the raw files", async (t) => {
     const fromParquet = await readSplitRows(s[role], "text");
     const fromRaw = await readSplitRows(resolveSplits(dataConfig({ path: rawDir }))[role], "text");
     assert.deepEqual(fromParquet.rows, fromRaw.rows, split);
-    assert.equal(fromParquet.totalRows, hfRows(split).length);
+    assert.deepEqual(fromParquet.rows, hfRows(split));
   }
 });
 
@@ -63,7 +65,7 @@ test("HF hub cache layout for datasets (datasets--Salesforce--wikitext)", async 
   assert.equal(datasetRoot(dataConfig({}), env), join(snap, "wikitext-2-raw-v1"));
   const s = resolveSplits(dataConfig({}), env);
   assert.deepEqual(s.test.files, [join(snap, "wikitext-2-raw-v1", "test-00000-of-00001.parquet")]);
-  assert.deepEqual((await readSplitRows(s.test, "text")).rows, textRows("test"));
+  assert.deepEqual((await readSplitRows(s.test, "text")).rows, hfRows("test"));
 });
 
 test("missing dataset: says what to download", (t) => {
@@ -94,9 +96,11 @@ test("jsonl and txt folders, split names mapped (validation -> dev, eval)", asyn
   assert.deepEqual([s.train.format, s.eval.format, s.test.format], ["jsonl", "jsonl", "txt"]);
   assert.equal(s.eval.files[0], join(dir, "dev.jsonl"));
   const train = await readSplitRows(s.train, "text");
-  assert.deepEqual(train.rows, ["first row", "second row"]);
-  assert.equal(train.totalRows, 4);
-  assert.deepEqual((await readSplitRows(s.test, "text")).rows, ["line one", "line two", "last line without break"]);
+  // jsonl: a blank line is no row; a null text is ""; whitespace is kept (the tokenizer sees it, as in HF)
+  assert.deepEqual(train.rows, ["first row", "  ", "", "second row"]);
+  assert.equal(train.textRows, 2);
+  // txt: every line, empty ones too (the HF text loader)
+  assert.deepEqual((await readSplitRows(s.test, "text")).rows, ["line one", "", "line two", "last line without break"]);
 });
 
 test("a split given as a file path; data.path as a single file", async (t) => {
@@ -116,7 +120,7 @@ test("sharded parquet files are read in order", async (t) => {
   cpSync(join(src, "test-00000-of-00001.parquet"), join(dir, "train-00001-of-00002.parquet"));
   const s = findSplit(dir, "wikitext-2-raw-v1", "train");
   assert.equal(s.files.length, 2);
-  assert.deepEqual((await readSplitRows(s, "text")).rows, [...textRows("validation"), ...textRows("test")]);
+  assert.deepEqual((await readSplitRows(s, "text")).rows, [...hfRows("validation"), ...hfRows("test")]);
 });
 
 test("missing split: names the folder, the names tried and the files present", (t) => {
@@ -185,8 +189,8 @@ test("parquet: GZIP and BROTLI pages read; ZSTD is a clear error; the BOM stays"
   const dir = join(ROOT, "test", "assets", "data", "parquet-codecs");
   for (const codec of ["gzip", "brotli"]) {
     const r = await readSplitRows({ split: "train", format: "parquet", files: [join(dir, `train-${codec}.parquet`)] }, "text");
-    assert.deepEqual(r.rows, ["\ufeffA byte order mark starts this row.", "Second row, plain.", "Third row: 東京 and an emoji 🙂."], codec);
-    assert.equal(r.totalRows, 4);
+    assert.deepEqual(r.rows, ["\ufeffA byte order mark starts this row.", "Second row, plain.", "", "Third row: 東京 and an emoji 🙂."], codec);
+    assert.equal(r.textRows, 3);
   }
   await assert.rejects(readSplitRows({ split: "train", format: "parquet", files: [join(dir, "train-zstd.parquet")] }, "text"), (e) => e.code === "E_DATA" && /compression ZSTD is not supported.*snappy/.test(e.message));
 });
@@ -219,6 +223,8 @@ test("line files stream in blocks: tiny blocks give the same rows, errors keep t
     assert.deepEqual(await read("wikitext-raw", "wiki.train.raw"), want.raw, `raw, block ${block}`);
     await assert.rejects(read("txt", "bad.txt"), { message: `${join(dir, "bad.txt")}: invalid UTF-8 at line 3 (byte 19); the data files must be UTF-8 text` });
   }
-  assert.deepEqual(want.raw.rows, ["\ufeffalpha\n", "beta gamma delta epsilon\n", "zeta 東京 🙂\n", "η θ\x0cιota\n", "{\"text\": \"x\"}\n", "last"]);
+  assert.deepEqual(want.raw.rows, ["\ufeffalpha\n", "beta gamma delta epsilon\n", "zeta 東京 🙂\n", "", "η θ\x0cιota\n", "{\"text\": \"x\"}\n", "last"]);
+  // Python: open(f, encoding="utf-8").read().splitlines()
+  assert.deepEqual(want.txt.rows, ["\ufeffalpha", "beta gamma delta epsilon", "zeta 東京 🙂", "", "η θ", "ιota", "{\"text\": \"x\"}", "last"]);
   assert.equal(want.txt.bytes, Buffer.byteLength(text));
 });

@@ -31,6 +31,8 @@ export interface DataConfig {
   keep_linebreaks: boolean;
   max_length: number;
   packing: boolean;
+  packing_separator: "eos" | "none";
+  packing_group_rows: number | null;
   padding: PaddingMode;
   shuffle: boolean;
   max_train_samples: number | null;

@@ -38,6 +38,15 @@ export interface ExampleOptions {
   packing: boolean;
   /** Separator between rows in packing mode. */
   eosId: number;
+  /** Packing: "eos" puts eosId between rows (empty rows left out); "none" concatenates every row's
+   * tokens as run_clm.py's group_texts does. Default "eos". */
+  separator?: "eos" | "none";
+  /** Packing: rows are packed in groups of this many (each group's partial last block dropped), as
+   * group_texts under datasets.map(batched=True, batch_size=N); null/absent: one stream. */
+  groupRows?: number | null;
+  /** Tokens of an empty row (the tokenizer's special tokens alone, e.g. a Llama BOS; 0 for Qwen):
+   * such rows are left out of padded examples and of EOS-separated packing. */
+  emptyRowLength?: number;
   /** Keep only the first `limit` examples (data.max_train_samples); null keeps all. */
   limit?: number | null;
 }
@@ -56,27 +65,55 @@ export class ExampleSet {
     if (!Number.isInteger(opts.maxLength) || opts.maxLength < 1) throw new QloraError("E_DATA", `maxLength must be a positive integer, got ${opts.maxLength}`);
     const numRows = rows.offsets.length - 1;
     const limit = opts.limit ?? Infinity;
+    const emptyLen = opts.emptyRowLength ?? 0;
+    const rowLen = (r: number) => rows.offsets[r + 1] - rows.offsets[r];
     if (!opts.packing) {
-      const n = Math.min(numRows, limit);
-      const starts = rows.offsets.slice(0, n);
-      const lengths = new Uint32Array(n);
-      for (let i = 0; i < n; i++) lengths[i] = Math.min(rows.offsets[i + 1] - rows.offsets[i], opts.maxLength);
+      const kept: number[] = [];
+      for (let r = 0; r < numRows && kept.length < limit; r++) if (rowLen(r) > emptyLen) kept.push(r);
+      const starts = Uint32Array.from(kept, (r) => rows.offsets[r]);
+      const lengths = Uint32Array.from(kept, (r) => Math.min(rowLen(r), opts.maxLength));
       return new ExampleSet(rows.ids, starts, lengths, opts.maxLength, false);
     }
-    const streamLen = rows.ids.length + Math.max(0, numRows - 1);
-    const n = Math.min(Math.floor(streamLen / opts.maxLength), limit);
-    const packed = new Int32Array(n * opts.maxLength);
-    let at = 0;
-    for (let r = 0; r < numRows && at < packed.length; r++) {
-      if (r > 0) packed[at++] = opts.eosId;
-      const row = rows.ids.subarray(rows.offsets[r], rows.offsets[r + 1]);
-      const take = Math.min(row.length, packed.length - at);
-      packed.set(row.subarray(0, take), at);
-      at += take;
+    const L = opts.maxLength;
+    const withEos = (opts.separator ?? "eos") === "eos";
+    const group = opts.groupRows ?? numRows;
+    if (!Number.isInteger(group) || group < 1) throw new QloraError("E_DATA", `groupRows must be a positive integer, got ${opts.groupRows}`);
+    // rows of a group in stream order (EOS mode: empty rows left out, an EOS between rows)
+    const streamLength = (g0: number, g1: number): number => {
+      let len = 0;
+      let first = true;
+      for (let r = g0; r < g1; r++) {
+        if (withEos && rowLen(r) <= emptyLen) continue;
+        len += rowLen(r) + (withEos && !first ? 1 : 0);
+        first = false;
+      }
+      return len;
+    };
+    const blocksOf: number[] = [];
+    let total = 0;
+    for (let g0 = 0; g0 < numRows && total < limit; g0 += group) {
+      const nb = Math.min(Math.floor(streamLength(g0, Math.min(g0 + group, numRows)) / L), limit - total);
+      blocksOf.push(nb);
+      total += nb;
     }
-    const starts = Uint32Array.from({ length: n }, (_, i) => i * opts.maxLength);
-    const lengths = new Uint32Array(n).fill(opts.maxLength);
-    return new ExampleSet(packed, starts, lengths, opts.maxLength, true);
+    const packed = new Int32Array(total * L);
+    let at = 0;
+    blocksOf.forEach((nb, g) => {
+      const end = at + nb * L;
+      let first = true;
+      for (let r = g * group; r < Math.min((g + 1) * group, numRows) && at < end; r++) {
+        if (withEos && rowLen(r) <= emptyLen) continue;
+        if (withEos && !first) packed[at++] = opts.eosId;
+        first = false;
+        if (at >= end) break;
+        const take = Math.min(rowLen(r), end - at);
+        packed.set(rows.ids.subarray(rows.offsets[r], rows.offsets[r] + take), at);
+        at += take;
+      }
+    });
+    const starts = Uint32Array.from({ length: total }, (_, i) => i * L);
+    const lengths = new Uint32Array(total).fill(L);
+    return new ExampleSet(packed, starts, lengths, L, true);
   }
 
   get length(): number {

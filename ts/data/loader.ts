@@ -18,9 +18,12 @@ export interface ExampleSets {
 
 /** Example sets for every split, in the config's mode (padding or packing). */
 export function buildExampleSets(prepared: PreparedDataset, config: Config): ExampleSets {
-  const { max_length: maxLength, packing, max_train_samples, max_eval_samples } = config.data;
-  const eosId = prepared.tokenizer.eosId;
-  const build = (rows: PreparedDataset["train"] | null, limit: number | null) => (rows ? ExampleSet.build(rows, { maxLength, packing, eosId, limit }) : null);
+  const { max_length: maxLength, packing, packing_separator: separator, packing_group_rows: groupRows, max_train_samples, max_eval_samples } = config.data;
+  const { eosId, specialPrefix, specialSuffix } = prepared.tokenizer;
+  // an empty row holds the tokenizer's special tokens alone (a Llama BOS; nothing for Qwen)
+  const emptyRowLength = (specialPrefix?.length ?? 0) + (specialSuffix?.length ?? 0);
+  const build = (rows: PreparedDataset["train"] | null, limit: number | null) =>
+    rows ? ExampleSet.build(rows, { maxLength, packing, eosId, separator, groupRows, emptyRowLength, limit }) : null;
   return { train: build(prepared.train, max_train_samples)!, eval: build(prepared.eval, max_eval_samples), test: build(prepared.test, max_eval_samples) };
 }
 

@@ -136,9 +136,9 @@ export async function prepareDataset(config: Config, options: PrepareOptions = {
     try {
       texts = await Promise.all(missing.map((p) => readSplitRows(p.source, config.data.text_field, { keepLinebreaks: config.data.keep_linebreaks })));
       texts.forEach((t, i) => {
-        if (t.rows.length === 0) {
+        if (t.textRows === 0) {
           const p = missing[i];
-          throw new QloraError("E_DATA", `split "${p.source.split}" (data.${p.role}_split) has no rows with text: ${p.source.files.join(", ")} (${t.totalRows} rows, all empty)`);
+          throw new QloraError("E_DATA", `split "${p.source.split}" (data.${p.role}_split) has no rows with text: ${p.source.files.join(", ")} (${t.rows.length} rows, all empty)`);
         }
       });
       const pool = await poolPromise;

@@ -8,7 +8,8 @@
 // lone \r are line breaks) and a byte-order mark kept as U+FEFF text.
 //   jsonl:        one row per non-blank line, the string in `text_field`
 //   parquet:      one row per record, the string column `text_field` (null becomes "")
-// Only rows with non-whitespace text are kept. Invalid UTF-8, unreadable files, bad JSON and
+// Every row is kept, empty ones too (they tokenize to nothing, or to the tokenizer's special
+// tokens alone, and count in run_clm-style row groups: data.packing_group_rows). Invalid UTF-8, unreadable files, bad JSON and
 // missing fields raise QloraError E_DATA naming the file (and line where there is one).
 
 import { open } from "node:fs/promises";
@@ -18,10 +19,10 @@ import { QloraError } from "../errors.js";
 import type { SplitSource } from "./sources.js";
 
 export interface SplitRows {
-  /** Rows with non-whitespace text, in file order. */
+  /** Every row, in file order, as the Hugging Face loader gives it (empty ones included). */
   rows: string[];
-  /** All rows read, empty ones included. */
-  totalRows: number;
+  /** Rows with non-whitespace text. */
+  textRows: number;
   /** Bytes of the files read. */
   bytes: number;
 }
@@ -168,9 +169,11 @@ function hasText(s: string): boolean {
 /** wikitext raw: rows split at line breaks only, "\n" kept. txt (`splitlines`): also at
  * str.splitlines' other separators, each kept when `keepBreak`. */
 async function readLinesFile(file: string, keepBreak: boolean, splitlines: boolean, out: SplitRows): Promise<void> {
+  // wikitext (no splitlines): a blank line is "" as the dataset script gives it; txt: every line as is
   const push = (line: string, brk: string) => {
-    out.totalRows++;
-    if (hasText(line)) out.rows.push(keepBreak ? line + brk : line);
+    const text = hasText(line);
+    if (text) out.textRows++;
+    out.rows.push(!splitlines && !text ? "" : keepBreak ? line + brk : line);
   };
   for await (const block of lineBlocks(file, out)) {
     block.lines.forEach((line, i) => {
@@ -209,8 +212,8 @@ async function readJsonl(file: string, field: string, out: SplitRows): Promise<v
       if (v !== null && typeof v !== "string") {
         throw new QloraError("E_DATA", `${file}: line ${lineNo}: field "${field}" holds ${Array.isArray(v) ? "a list" : typeof v}, expected a string`);
       }
-      out.totalRows++;
-      if (typeof v === "string" && hasText(v)) out.rows.push(v);
+      out.rows.push(typeof v === "string" ? v : "");
+      if (typeof v === "string" && hasText(v)) out.textRows++;
     }
   }
 }
@@ -271,14 +274,14 @@ async function readParquet(file: string, field: string, out: SplitRows): Promise
     if (v !== null && v !== undefined && typeof v !== "string") {
       throw new QloraError("E_DATA", `${file}: column "${field}" holds ${typeof v} values, expected strings`);
     }
-    out.totalRows++;
-    if (typeof v === "string" && hasText(v)) out.rows.push(v);
+    out.rows.push(typeof v === "string" ? v : "");
+    if (typeof v === "string" && hasText(v)) out.textRows++;
   }
 }
 
-/** Reads all rows of a split; keeps the rows with text. */
+/** Reads all rows of a split. */
 export async function readSplitRows(source: SplitSource, textField: string, options: { keepLinebreaks?: boolean } = {}): Promise<SplitRows> {
-  const out: SplitRows = { rows: [], totalRows: 0, bytes: 0 };
+  const out: SplitRows = { rows: [], textRows: 0, bytes: 0 };
   for (const file of source.files) {
     switch (source.format) {
       case "wikitext-raw":
