@@ -1,6 +1,7 @@
 // Module entry: registers the classes (NativeSession, NativeTensor), the ops object, system
 // information, and setErrorClass (called once by ts/native.ts with QloraError).
 #include <napi.h>
+#include "args.h"
 #include "errors.h"
 #include "instance_data.h"
 #include "op_bindings.h"
@@ -14,11 +15,29 @@ InstanceData& Instance(Napi::Env env) { return *env.GetInstanceData<InstanceData
 
 namespace {
 
+// A class or function that `new` works on: Reflect.construct(Object, [], v) throws a TypeError
+// for anything else (arrow functions, methods, bound non-constructors) without running v.
+bool IsConstructor(Napi::Env env, const Napi::Value& v) {
+  if (!v.IsFunction()) return false;
+  try {
+    Napi::Object reflect = env.Global().Get("Reflect").As<Napi::Object>();
+    reflect.Get("construct").As<Napi::Function>().Call(reflect, {env.Global().Get("Object"), Napi::Array::New(env), v});
+    return true;
+  } catch (const Napi::Error&) {
+    return false;
+  }
+}
+
+// setErrorClass(ctor): ctor(code, message) builds every error the addon throws or rejects with.
 Napi::Value SetErrorClassJs(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsFunction())
-    Throw(info.Env(), "E_ARG", "setErrorClass: expected a constructor");
-  SetErrorClass(info.Env(), info[0].As<Napi::Function>());
-  return info.Env().Undefined();
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !IsConstructor(env, info[0]))
+    ThrowTypeError(env, "E_ARG", "setErrorClass: argument 'ctor' must be a constructor (a class), got " +
+                                     (info.Length() < 1           ? std::string("undefined")
+                                      : info[0].IsFunction() ? std::string("a function that cannot be called with new")
+                                                             : TypeOfValue(info[0])));
+  SetErrorClass(env, info[0].As<Napi::Function>());
+  return env.Undefined();
 }
 
 }  // namespace

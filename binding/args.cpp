@@ -2,6 +2,8 @@
 #include "args.h"
 #include <cmath>
 #include "errors.h"
+#include "instance_data.h"
+#include "native_class.h"
 #include "tensor_wrap.h"
 
 namespace qnb {
@@ -69,16 +71,54 @@ qn::Shape RequireShape(const Napi::CallbackInfo& info, size_t i, const char* fn)
                                        (v.IsNumber() ? std::to_string(d) : TypeOfValue(v)));
     s.push_back(static_cast<int64_t>(d));
   }
+  // the element count must fit in 2^62 (as in Tensor::empty), so shape_numel() cannot wrap
+  int64_t n = 1;
+  for (int64_t d : s) {
+    if (d != 0 && n > (int64_t(1) << 62) / d)
+      Throw(info.Env(), "E_SHAPE", std::string(fn) + ": shape " + qn::shape_str(s) + " has too many elements");
+    n *= d;
+  }
   return s;
 }
 
-qn::Tensor RequireTensor(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name) {
-  Napi::Env env = info.Env();
-  if (info.Length() <= i || !TensorWrap::IsTensor(env, info[i]))
-    Throw(env, "E_ARG", Where(fn, name) + " must be a Tensor, got " + TypeOfValue(info[i]));
-  TensorWrap* w = TensorWrap::Unwrap(info[i].As<Napi::Object>());
-  if (!w->tensor().defined()) Throw(env, "E_DISPOSED", Where(fn, name) + " is a disposed tensor");
+qn::Tensor TensorFromValue(Napi::Env env, const Napi::Value& v, const std::string& what) {
+  if (!TensorWrap::IsTensor(env, v))
+    ThrowNotInstance(env, v, Instance(env).tensor_class, what + " must be a Tensor, got " + TypeOfValue(v));
+  TensorWrap* w = TensorWrap::Unwrap(v.As<Napi::Object>());
+  if (!w->tensor().defined()) Throw(env, "E_DISPOSED", what + " is a disposed tensor");
   return w->tensor();
+}
+
+qn::Tensor RequireTensor(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name) {
+  return TensorFromValue(info.Env(), info.Length() > i ? info[i] : info.Env().Undefined(), Where(fn, name));
+}
+
+static size_t ElementSize(napi_typedarray_type t) {
+  switch (t) {
+    case napi_int8_array:
+    case napi_uint8_array:
+    case napi_uint8_clamped_array: return 1;
+    case napi_int16_array:
+    case napi_uint16_array: return 2;
+    case napi_int32_array:
+    case napi_uint32_array:
+    case napi_float32_array: return 4;
+    case napi_float64_array:
+    case napi_bigint64_array:
+    case napi_biguint64_array: return 8;
+    default: return 2;  // napi_float16_array
+  }
+}
+
+HostArray TypedArrayBytes(const Napi::Value& typed_array) {
+  HostArray h{};
+  void* data = nullptr;
+  // napi_get_typedarray_info's data already includes the view's byte offset
+  const napi_status st = napi_get_typedarray_info(typed_array.Env(), typed_array, &h.type, &h.length, &data, nullptr, nullptr);
+  if (st != napi_ok) Throw(typed_array.Env(), "E_ARG", "expected a typed array");
+  h.bytes = h.length * ElementSize(h.type);
+  h.data = h.bytes ? static_cast<const uint8_t*>(data) : nullptr;
+  return h;
 }
 
 }  // namespace qnb

@@ -11,18 +11,28 @@ void SetErrorClass(Napi::Env env, Napi::Function ctor) {
 
 Napi::Object MakeError(Napi::Env env, const std::string& code, const std::string& message) {
   auto& inst = Instance(env);
-  Napi::Object err;
   if (!inst.error_class.IsEmpty()) {
-    err = inst.error_class.New({Napi::String::New(env, code), Napi::String::New(env, message)});
-  } else {
-    err = Napi::Error::New(env, message).Value();
+    try {
+      Napi::Object err = inst.error_class.New({Napi::String::New(env, code), Napi::String::New(env, message)});
+      err.Set("code", Napi::String::New(env, code));
+      return err;
+    } catch (const Napi::Error&) {
+      // the class threw (node-addon-api already cleared the pending exception): plain Error below
+    }
   }
+  Napi::Object err = Napi::Error::New(env, message).Value();
   err.Set("code", Napi::String::New(env, code));
   return err;
 }
 
 void Throw(Napi::Env env, const std::string& code, const std::string& message) {
   throw Napi::Error(env, MakeError(env, code, message));
+}
+
+void ThrowTypeError(Napi::Env env, const std::string& code, const std::string& message) {
+  Napi::TypeError err = Napi::TypeError::New(env, message);
+  err.Value().Set("code", Napi::String::New(env, code));
+  throw err;
 }
 
 Napi::Object ErrorFromCurrentException(Napi::Env env, const std::exception_ptr& e) {

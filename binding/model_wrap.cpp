@@ -4,6 +4,7 @@
 #include <cstring>
 #include "args.h"
 #include "errors.h"
+#include "native_class.h"
 #include "qn/dist.h"
 #include "qn/memory_stats.h"
 #include "session_wrap.h"
@@ -60,13 +61,13 @@ Napi::Object GetObject(const Napi::Object& o, const std::string& fn, const char*
 }
 
 // Copies a typed array of the expected kind into a vector (values are copied on the JS thread so the
-// queued work never touches JS memory).
+// queued work never touches JS memory). Callers copy right after reading the value, before any
+// other getter of the options object could detach or shrink its buffer.
 template <typename T>
 std::vector<T> CopyTyped(const Napi::Value& v) {
-  Napi::TypedArray a = v.As<Napi::TypedArray>();
-  std::vector<T> out(a.ElementLength());
-  const uint8_t* src = static_cast<const uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset();
-  if (!out.empty()) std::memcpy(out.data(), src, out.size() * sizeof(T));
+  const HostArray a = TypedArrayBytes(v);
+  std::vector<T> out(a.bytes / sizeof(T));
+  if (!out.empty()) std::memcpy(out.data(), a.data, out.size() * sizeof(T));
   return out;
 }
 
@@ -207,7 +208,7 @@ ModelWrap::ModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ModelWra
   const std::string fn = "Model";
   if (info.Length() < 1) Throw(env, "E_ARG", "Model: expected (session, options)");
   session_ = SessionWrap::FromValue(env, info[0], "Model");
-  auto ctx = session_->Context(env);
+  session_->Context(env);  // E_DISPOSED first
   Napi::Object o = RequireObject(info, 1, "Model", "options");
   qn::model::ModelConfig c;
   const int64_t big = int64_t(1) << 31;
@@ -254,11 +255,18 @@ ModelWrap::ModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ModelWra
       Throw(env, "E_ARG", "Model: lora.targets[" + std::to_string(i) + "] must be one of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj");
     c.lora.targets |= 1u << m;
   }
+  auto ctx = session_->Context(env);  // again: an option getter may have disposed the session
   shared_ = std::make_shared<Shared>();
   shared_->model = Guard(env, [&] { return std::make_shared<Qwen2Model>(ctx, c); });
   shared_->refresh(*shared_->model);
   param_count_ = shared_->model->param_count();
   session_ref_ = Napi::Persistent(info[0].As<Napi::Object>());
+  SetTypeTag(info.This().As<Napi::Object>(), kModelTag);
+}
+
+ModelWrap* ModelWrap::Unwrap(Napi::Object o) {
+  RequireTypeTag(o, kModelTag, "Model");
+  return Napi::ObjectWrap<ModelWrap>::Unwrap(o);
 }
 
 std::shared_ptr<ModelWrap::Shared> ModelWrap::Live(Napi::Env env, const char* fn) {
@@ -322,13 +330,13 @@ Napi::Value ModelWrap::SetWeight(const Napi::CallbackInfo& info) {
   const qn::Shape shape = RequireShape(info, 2, "Model.setWeight");
   if (info.Length() < 4 || !info[3].IsTypedArray())
     Throw(env, "E_ARG", "Model.setWeight: " + name + ": argument 'data' must be a Uint8Array, got " + TypeOfValue(info[3]));
-  Napi::TypedArray arr = info[3].As<Napi::TypedArray>();
+  const HostArray arr = TypedArrayBytes(info[3]);  // after the shape's getters; copied before any JS runs
   const size_t want = static_cast<size_t>(qn::shape_numel(shape)) * qn::dtype_size(dt);
-  if (arr.ByteLength() != want)
-    Throw(env, "E_SHAPE", "Model.setWeight: " + name + ": " + std::to_string(arr.ByteLength()) + " bytes for " +
+  if (arr.bytes != want)
+    Throw(env, "E_SHAPE", "Model.setWeight: " + name + ": " + std::to_string(arr.bytes) + " bytes for " +
                               qn::dtype_name(dt) + " " + qn::shape_str(shape) + " (expected " + std::to_string(want) + ")");
   auto bytes = std::make_shared<std::vector<uint8_t>>(want);
-  if (want) std::memcpy(bytes->data(), static_cast<const uint8_t*>(arr.ArrayBuffer().Data()) + arr.ByteOffset(), want);
+  if (want) std::memcpy(bytes->data(), arr.data, want);
   return Submit(env, "setWeight", [name, dt, shape, bytes](Qwen2Model& m) { m.set_weight(name, dt, shape, bytes->data()); });
 }
 
@@ -345,8 +353,9 @@ Napi::Value ModelWrap::SetNf4Weight(const Napi::CallbackInfo& info) {
   Napi::Array sa = sv.As<Napi::Array>();
   for (uint32_t i = 0; i < sa.Length(); ++i) {
     Napi::Value e = sa.Get(i);
-    if (!e.IsNumber()) BadKey(env, fn, "shape", "an array of integers", sv);
-    p.shape.push_back(static_cast<int64_t>(e.As<Napi::Number>().DoubleValue()));
+    const double d = e.IsNumber() ? e.As<Napi::Number>().DoubleValue() : -1;
+    if (!(d >= 0 && d <= 9.007199254740991e15) || std::floor(d) != d) BadKey(env, fn, "shape", "an array of non-negative integers", sv);
+    p.shape.push_back(static_cast<int64_t>(d));
   }
   p.blocksize = static_cast<int>(GetInt(o, fn, "blocksize", 32, 4096));
   Napi::Value codes = o.Get("codes");
@@ -574,8 +583,9 @@ Napi::Value ModelWrap::EvalLoss(const Napi::CallbackInfo& info) {
 
 Napi::Value ModelWrap::Logits(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  auto sh = Live(env, "logits");
+  Live(env, "logits");
   auto b = std::make_shared<HostBatch>(ParseBatch(info[0], "Model.logits", false));
+  auto sh = Live(env, "logits");  // after the batch's getters (which may dispose the model)
   const double n = static_cast<double>(b->batch) * b->seq * sh->model->config().vocab;
   if (n > 1.5e9 / 4) Throw(env, "E_ARG", "Model.logits: " + std::to_string(n) + " logits is too many for one host array (parity tests only)");
   auto out = std::make_shared<std::vector<float>>();
@@ -616,7 +626,7 @@ Napi::Value ModelWrap::GetOptimizerState(const Napi::CallbackInfo& info) {
 // setOptimizerState({step, tensors, optim?})
 Napi::Value ModelWrap::SetOptimizerState(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  auto sh = Live(env, "setOptimizerState");
+  Live(env, "setOptimizerState");
   const std::string fn = "Model.setOptimizerState";
   Napi::Object o = RequireObject(info, 0, fn.c_str(), "state");
   const int64_t step = GetInt(o, fn, "step", 0, int64_t(1) << 53);
@@ -631,6 +641,7 @@ Napi::Value ModelWrap::SetOptimizerState(const Napi::CallbackInfo& info) {
   }
   qn::OptimKind kind = qn::OptimKind::AdamW32;
   Napi::Value ov = o.Get("optim");
+  auto sh = Live(env, "setOptimizerState");  // after the getters (which may dispose the model)
   const int64_t n = sh->model->param_count();
   if (ov.IsString()) {
     std::string s = ov.As<Napi::String>().Utf8Value();

@@ -14,6 +14,9 @@ class SessionWrap;
 class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
  public:
   static Napi::Function Define(Napi::Env env);
+  // Hides ObjectWrap::Unwrap (node-addon-api calls T::Unwrap for `this` of every method and
+  // accessor): TypeError E_ARG unless o is a Model the addon made (native_class.h).
+  static ModelWrap* Unwrap(Napi::Object o);
   explicit ModelWrap(const Napi::CallbackInfo& info);
 
  private:

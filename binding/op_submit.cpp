@@ -9,9 +9,8 @@ namespace qnb {
 
 SessionWrap* SessionOfTensor(const Napi::CallbackInfo& info, size_t i, const char* fn) {
   RequireTensor(info, i, fn, "tensor");
-  TensorWrap* w = TensorWrap::Unwrap(info[i].As<Napi::Object>());
-  Napi::Value s = w->Value().Get("session");
-  return SessionWrap::FromValue(info.Env(), s, fn);
+  // the session the tensor holds natively: a JS 'session' property could be anything
+  return SessionWrap::FromValue(info.Env(), TensorWrap::Unwrap(info[i].As<Napi::Object>())->SessionObject(), fn);
 }
 
 Napi::Value SubmitOp(Napi::Env env, SessionWrap* session, const std::function<void()>& check,

@@ -15,7 +15,7 @@ Napi::Value Cast(const Napi::CallbackInfo& info) {
 
 Napi::Value Fill(const Napi::CallbackInfo& info) {
   qn::FillArgs a{RequireTensor(info, 0, "fill", "dst"), RequireNumber(info, 1, "fill", "value")};
-  return SubmitOp(info.Env(), SessionOfTensor(info, 0, "fill"), [] {},
+  return SubmitOp(info.Env(), SessionOfTensor(info, 0, "fill"), [&] { qn::check_fill(a); },
                   [a](qn::Context& ctx) { qn::fill(ctx, a); });
 }
 

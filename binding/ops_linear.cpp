@@ -42,9 +42,7 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
     a.beta = OptFloat(env, o, "beta", 0.f);
     const Napi::Value bias = o.Get("bias");
     if (!bias.IsUndefined() && !bias.IsNull()) {
-      if (!TensorWrap::IsTensor(env, bias)) Throw(env, "E_ARG", "gemm: option 'bias' must be a Tensor, got " + TypeOfValue(bias));
-      a.bias = TensorWrap::Unwrap(bias.As<Napi::Object>())->tensor();
-      if (!a.bias.defined()) Throw(env, "E_DISPOSED", "gemm: option 'bias' is a disposed tensor");
+      a.bias = TensorFromValue(env, bias, "gemm: option 'bias'");
     }
   }
   return SubmitOp(env, SessionOfTensor(info, 2, "gemm"), [&] { qn::check_gemm(a); },

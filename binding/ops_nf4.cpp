@@ -49,22 +49,19 @@ Napi::Value Nf4Tables(const Napi::CallbackInfo& info) {
 
 // A member of a weight description object.
 qn::Tensor MemberTensor(Napi::Env env, const Napi::Object& o, const char* key, const char* fn) {
-  Napi::Value v = o.Get(key);
-  if (!TensorWrap::IsTensor(env, v))
-    Throw(env, "E_ARG", std::string(fn) + ": weight." + key + " must be a Tensor, got " + TypeOfValue(v));
-  const qn::Tensor& t = TensorWrap::Unwrap(v.As<Napi::Object>())->tensor();
-  if (!t.defined()) Throw(env, "E_DISPOSED", std::string(fn) + ": weight." + key + " is a disposed tensor");
-  return t;
+  return TensorFromValue(env, o.Get(key), std::string(fn) + ": weight." + key);
 }
 
+// An integer member is in [0, hi] (hi below 2^53; blocksizes must fit an int).
 double MemberNumber(Napi::Env env, const Napi::Object& o, const char* key, const char* fn, bool integer, double dflt,
-                    bool required) {
+                    bool required, double hi = 9.007199254740991e15) {
   Napi::Value v = o.Get(key);
   if (v.IsUndefined() && !required) return dflt;
   if (!v.IsNumber()) Throw(env, "E_ARG", std::string(fn) + ": weight." + key + " must be a number, got " + TypeOfValue(v));
   const double d = v.As<Napi::Number>().DoubleValue();
-  if (integer && (!(d >= 0 && d <= 9.007199254740991e15) || d != static_cast<double>(static_cast<int64_t>(d))))
-    Throw(env, "E_ARG", std::string(fn) + ": weight." + key + " must be a non-negative integer, got " + std::to_string(d));
+  if (integer && (!(d >= 0 && d <= hi) || d != static_cast<double>(static_cast<int64_t>(d))))
+    Throw(env, "E_ARG", std::string(fn) + ": weight." + key + " must be an integer in [0, " + std::to_string(static_cast<int64_t>(hi)) +
+                            "], got " + std::to_string(d));
   return d;
 }
 
@@ -74,7 +71,7 @@ qn::Nf4Weight RequireWeight(const Napi::CallbackInfo& info, size_t i, const char
   qn::Nf4Weight w;
   w.rows = static_cast<int64_t>(MemberNumber(env, o, "rows", fn, true, 0, true));
   w.cols = static_cast<int64_t>(MemberNumber(env, o, "cols", fn, true, 0, true));
-  w.blocksize = static_cast<int>(MemberNumber(env, o, "blocksize", fn, true, 64, false));
+  w.blocksize = static_cast<int>(MemberNumber(env, o, "blocksize", fn, true, 64, false, 1 << 30));
   w.codes = MemberTensor(env, o, "codes", fn);
   Napi::Value nested = o.Get("nested");
   w.nested = nested.IsUndefined() ? o.Get("absmaxQ").IsObject() : nested.ToBoolean().Value();
@@ -83,7 +80,7 @@ qn::Nf4Weight RequireWeight(const Napi::CallbackInfo& info, size_t i, const char
     w.nested_absmax = MemberTensor(env, o, "nestedAbsmax", fn);
     w.nested_map = MemberTensor(env, o, "nestedMap", fn);
     w.nested_offset = static_cast<float>(MemberNumber(env, o, "nestedOffset", fn, false, 0, true));
-    w.nested_blocksize = static_cast<int>(MemberNumber(env, o, "nestedBlocksize", fn, true, 256, false));
+    w.nested_blocksize = static_cast<int>(MemberNumber(env, o, "nestedBlocksize", fn, true, 256, false, 1 << 30));
   } else {
     w.absmax = MemberTensor(env, o, "absmax", fn);
   }

@@ -6,6 +6,7 @@
 //   gradNormSq(grad, out?, flag?) -> { normSq, nonfinite } (read back after the op ran)
 //   nonfinite(x) -> boolean
 //   optimStateWrite(tensor, bytes) -> undefined (restores a state tensor from a checkpoint)
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -32,13 +33,10 @@ qn::Tensor FieldTensor(Napi::Env env, const Napi::Object& o, const char* key, co
                        const char* fn, bool required = true) {
   Napi::Value v = o.Get(key);
   if (!required && (v.IsUndefined() || v.IsNull())) return qn::Tensor();
-  if (!TensorWrap::IsTensor(env, v))
-    Throw(env, "E_ARG", std::string(fn) + ": '" + key + "' must be a Tensor, got " + TypeOfValue(v));
-  TensorWrap* w = TensorWrap::Unwrap(v.As<Napi::Object>());
-  if (!w->tensor().defined()) Throw(env, "E_DISPOSED", std::string(fn) + ": '" + key + "' is a disposed tensor");
-  if (!w->Value().Get("session").StrictEquals(session))
+  qn::Tensor t = TensorFromValue(env, v, std::string(fn) + ": '" + key + "'");
+  if (!TensorWrap::Unwrap(v.As<Napi::Object>())->SessionObject().StrictEquals(session))
     Throw(env, "E_DEVICE", std::string(fn) + ": '" + key + "' belongs to another session");
-  return w->tensor();
+  return t;
 }
 
 // The C++ state from the object optimStateCreate returned.
@@ -51,7 +49,8 @@ qn::OptimState StateFromJs(Napi::Env env, const Napi::Value& v, const Napi::Valu
   if (!kind.IsString() || !qn::parse_optim_kind(kind.As<Napi::String>().Utf8Value(), &s.kind))
     Throw(env, "E_ARG", std::string(fn) + ": state.kind must be \"adamw_32bit\" or \"adamw_8bit\"");
   s.paged = o.Get("paged").ToBoolean().Value();
-  s.n = static_cast<int64_t>(OptNumber(env, o, "n", -1, fn));
+  const double n = OptNumber(env, o, "n", -1, fn);
+  s.n = std::isfinite(n) && std::fabs(n) < 9.007199254740992e15 ? static_cast<int64_t>(n) : -1;  // checked by check_adamw
   s.owner = owner;
   s.m = FieldTensor(env, o, "m", session, fn);
   s.v = FieldTensor(env, o, "v", session, fn);
@@ -104,14 +103,14 @@ Napi::Value AdamwStep(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* fn = "adamwStep";
   SessionWrap* session = SessionOfTensor(info, 0, fn);
-  const Napi::Value sess = info[0].As<Napi::Object>().Get("session");
+  const Napi::Value sess = session->Value();
   qn::AdamWArgs a;
   a.param = RequireTensor(info, 0, fn, "param");
   a.grad = RequireTensor(info, 1, fn, "grad");
   a.state = StateFromJs(env, info[2], sess, session->Context(env), fn);
   Napi::Object o = RequireObject(info, 3, fn, "options");
   const double step = OptNumber(env, o, "step", -1, fn);
-  if (step < 1 || step != static_cast<double>(static_cast<int64_t>(step)))
+  if (!(step >= 1 && step <= 9.007199254740992e15) || std::floor(step) != step)
     Throw(env, "E_ARG", std::string(fn) + ": option 'step' must be an integer >= 1 (1 for the first update)");
   a.step = static_cast<int64_t>(step);
   if (!o.Get("lr").IsNumber()) Throw(env, "E_ARG", std::string(fn) + ": option 'lr' (a number) is required");
@@ -185,13 +184,13 @@ Napi::Value OptimStateWrite(const Napi::CallbackInfo& info) {
   qn::Tensor t = RequireTensor(info, 0, fn, "tensor");
   if (info.Length() < 2 || !info[1].IsTypedArray())
     Throw(env, "E_ARG", std::string(fn) + ": 'data' must be a typed array, got " + TypeOfValue(info[1]));
-  Napi::TypedArray arr = info[1].As<Napi::TypedArray>();
-  if (arr.ByteLength() != t.nbytes())
+  // Read last (no JS runs between this and the copy), and copied now, so the caller may reuse
+  // its array before the queued write runs.
+  const HostArray arr = TypedArrayBytes(info[1]);
+  if (arr.bytes != t.nbytes())
     Throw(env, "E_SHAPE", std::string(fn) + ": the tensor holds " + std::to_string(t.nbytes()) + " bytes, the data " +
-                              std::to_string(arr.ByteLength()));
-  // Copied now, so the caller may reuse its array before the queued write runs.
-  const uint8_t* src = static_cast<const uint8_t*>(arr.ArrayBuffer().Data()) + arr.ByteOffset();
-  auto bytes = std::make_shared<std::vector<uint8_t>>(src, src + arr.ByteLength());
+                              std::to_string(arr.bytes));
+  auto bytes = std::make_shared<std::vector<uint8_t>>(arr.data, arr.data + arr.bytes);
   return SubmitOp(env, session, [] {}, [t, bytes](qn::Context&) {
     if (!bytes->empty()) t.ctx().copy_from_host(t.raw(), bytes->data(), bytes->size());
   });

@@ -74,15 +74,24 @@ void SessionQueue::Settle(Napi::Env env, Task* task) {
   std::unique_ptr<Task> owned(task);
   if (env == nullptr) return;
   Napi::HandleScope scope(env);
-  if (task->error) {
-    task->deferred.Reject(ErrorFromCurrentException(env, task->error));
-  } else {
+  try {
+    if (task->error) {
+      task->deferred.Reject(ErrorFromCurrentException(env, task->error));
+    } else {
+      try {
+        task->deferred.Resolve(task->done ? task->done(env) : env.Undefined());
+      } catch (const Napi::Error& e) {
+        task->deferred.Reject(e.Value());
+      } catch (...) {
+        task->deferred.Reject(ErrorFromCurrentException(env, std::current_exception()));
+      }
+    }
+  } catch (...) {
+    // Not even an error object could be made: settle with a bare one. Either way the pending
+    // count must drop below, or the process would stay alive forever.
     try {
-      task->deferred.Resolve(task->done ? task->done(env) : env.Undefined());
-    } catch (const Napi::Error& e) {
-      task->deferred.Reject(e.Value());
+      task->deferred.Reject(Napi::Error::New(env, "qlora-native: could not build the error of a failed operation").Value());
     } catch (...) {
-      task->deferred.Reject(ErrorFromCurrentException(env, std::current_exception()));
     }
   }
   Shared& sh = *task->shared;

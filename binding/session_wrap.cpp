@@ -4,6 +4,7 @@
 #include "args.h"
 #include "errors.h"
 #include "instance_data.h"
+#include "native_class.h"
 #include "qn/memory_stats.h"
 #include "tensor_wrap.h"
 
@@ -34,6 +35,12 @@ SessionWrap::SessionWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Sess
     return 0;
   });
   queue_ = std::make_unique<SessionQueue>(env);
+  SetTypeTag(info.This().As<Napi::Object>(), kSessionTag);
+}
+
+SessionWrap* SessionWrap::Unwrap(Napi::Object o) {
+  RequireTypeTag(o, kSessionTag, "Session");
+  return Napi::ObjectWrap<SessionWrap>::Unwrap(o);
 }
 
 SessionWrap::~SessionWrap() {
@@ -51,8 +58,7 @@ SessionQueue& SessionWrap::Queue(Napi::Env env) {
 }
 
 SessionWrap* SessionWrap::FromValue(Napi::Env env, const Napi::Value& v, const char* fn) {
-  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(Instance(env).session_class.Value()))
-    Throw(env, "E_ARG", std::string(fn) + ": expected a Session");
+  if (!HasTypeTag(v, kSessionTag)) ThrowNotInstance(env, v, Instance(env).session_class, std::string(fn) + ": expected a Session");
   return Unwrap(v.As<Napi::Object>());
 }
 
@@ -91,21 +97,23 @@ const char* ExpectedArray(qn::DType dt) {
 // fromHost(typedArray, dtype, shape): a new tensor holding a copy of the array.
 Napi::Value SessionWrap::FromHost(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const auto& ctx = Context(env);
+  Context(env);  // E_DISPOSED first
   if (info.Length() < 1 || !info[0].IsTypedArray())
     Throw(env, "E_ARG", "fromHost: argument 'data' must be a typed array, got " + TypeOfValue(info[0]));
-  Napi::TypedArray arr = info[0].As<Napi::TypedArray>();
   const qn::DType dt = RequireDType(info, 1, "fromHost");
-  const qn::Shape shape = RequireShape(info, 2, "fromHost");
-  if (!TypedArrayMatches(arr.TypedArrayType(), dt))
+  const qn::Shape shape = RequireShape(info, 2, "fromHost");  // may run JS (element getters)
+  // The array's length and memory are read only now, after the shape's getters (which may have
+  // detached or shrunk its buffer); no JS runs from here to the copy.
+  const auto ctx = Context(env);  // again: a getter may have disposed the session
+  const HostArray src = TypedArrayBytes(info[0]);
+  if (!TypedArrayMatches(src.type, dt))
     Throw(env, "E_DTYPE", std::string("fromHost: dtype ") + qn::dtype_name(dt) + " needs a " + ExpectedArray(dt));
-  if (static_cast<int64_t>(arr.ElementLength()) != qn::shape_numel(shape))
+  if (static_cast<int64_t>(src.length) != qn::shape_numel(shape))
     Throw(env, "E_SHAPE", "fromHost: shape " + qn::shape_str(shape) + " holds " + std::to_string(qn::shape_numel(shape)) +
-                              " elements but the array has " + std::to_string(arr.ElementLength()));
-  const uint8_t* src = static_cast<const uint8_t*>(arr.ArrayBuffer().Data()) + arr.ByteOffset();
+                              " elements but the array has " + std::to_string(src.length));
   qn::Tensor t = Guard(env, [&] {
     qn::Tensor t = qn::Tensor::empty(ctx, dt, shape);
-    if (t.nbytes()) ctx->copy_from_host(t.raw(), src, t.nbytes());
+    if (t.nbytes()) ctx->copy_from_host(t.raw(), src.data, t.nbytes());
     return t;
   });
   return TensorWrap::NewInstance(env, std::move(t), Value());
@@ -114,9 +122,10 @@ Napi::Value SessionWrap::FromHost(const Napi::CallbackInfo& info) {
 // empty(dtype, shape): an uninitialized tensor on the session's device.
 Napi::Value SessionWrap::Empty(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const auto& ctx = Context(env);
+  Context(env);  // E_DISPOSED first
   const qn::DType dt = RequireDType(info, 0, "empty");
   const qn::Shape shape = RequireShape(info, 1, "empty");
+  const auto ctx = Context(env);  // again: a shape getter may have disposed the session
   qn::Tensor t = Guard(env, [&] { return qn::Tensor::empty(ctx, dt, shape); });
   return TensorWrap::NewInstance(env, std::move(t), Value());
 }

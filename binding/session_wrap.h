@@ -11,6 +11,9 @@ namespace qnb {
 class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
  public:
   static Napi::Function Define(Napi::Env env);
+  // Hides ObjectWrap::Unwrap (node-addon-api calls T::Unwrap for `this` of every method and
+  // accessor): TypeError E_ARG unless o is a Session the addon made (native_class.h).
+  static SessionWrap* Unwrap(Napi::Object o);
   explicit SessionWrap(const Napi::CallbackInfo& info);
   ~SessionWrap() override;
 

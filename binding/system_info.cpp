@@ -3,6 +3,7 @@
 #include "system_info.h"
 #include "args.h"
 #include "errors.h"
+#include "qn/context.h"
 #include "qn/cpu_features.h"
 #include "qn/cuda_info.h"
 #include "qn/device.h"
@@ -77,7 +78,12 @@ Napi::Value NumThreads(const Napi::CallbackInfo& info) { return Napi::Number::Ne
 Napi::Value MemoryStats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const std::string name = RequireString(info, 0, "memoryStats", "device");
-  const qn::Device d = Guard(env, [&] { return qn::parse_device(name); });
+  // a device that does not exist throws what opening a session on it would (E_NO_DEVICE)
+  const qn::Device d = Guard(env, [&] {
+    const qn::Device d = qn::parse_device(name);
+    qn::expect_device_present(d);
+    return d;
+  });
   const qn::MemoryStats s = qn::memory_stats(d);
   Napi::Object o = Napi::Object::New(env);
   o.Set("allocated", static_cast<double>(s.allocated));

@@ -2,6 +2,7 @@
 #include "tensor_wrap.h"
 #include "errors.h"
 #include "instance_data.h"
+#include "native_class.h"
 #include "session_wrap.h"
 
 namespace qnb {
@@ -22,9 +23,11 @@ Napi::Function TensorWrap::Define(Napi::Env env) {
   return cls;
 }
 
-bool TensorWrap::IsTensor(Napi::Env env, const Napi::Value& v) {
-  if (!v.IsObject()) return false;
-  return v.As<Napi::Object>().InstanceOf(Instance(env).tensor_class.Value());
+bool TensorWrap::IsTensor(Napi::Env, const Napi::Value& v) { return HasTypeTag(v, kTensorTag); }
+
+TensorWrap* TensorWrap::Unwrap(Napi::Object o) {
+  RequireTypeTag(o, kTensorTag, "Tensor");
+  return Napi::ObjectWrap<TensorWrap>::Unwrap(o);
 }
 
 Napi::Object TensorWrap::NewInstance(Napi::Env env, qn::Tensor t, Napi::Object session) {
@@ -38,6 +41,7 @@ Napi::Object TensorWrap::NewInstance(Napi::Env env, qn::Tensor t, Napi::Object s
 TensorWrap::TensorWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorWrap>(info) {
   if (info.Length() != 1 || !info[0].IsExternal())
     Throw(info.Env(), "E_ARG", "Tensor cannot be constructed directly: use session.fromHost() or session.empty()");
+  SetTypeTag(info.This().As<Napi::Object>(), kTensorTag);
 }
 
 Napi::Value TensorWrap::DType(const Napi::CallbackInfo& info) {

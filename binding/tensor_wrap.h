@@ -13,11 +13,17 @@ class SessionWrap;
 class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
  public:
   static Napi::Function Define(Napi::Env env);
+  // v is a Tensor the addon made (its type tag, see native_class.h; not instanceof).
   static bool IsTensor(Napi::Env env, const Napi::Value& v);
+  // Hides ObjectWrap::Unwrap (node-addon-api calls T::Unwrap for `this` of every method and
+  // accessor): TypeError E_ARG unless o is a Tensor the addon made.
+  static TensorWrap* Unwrap(Napi::Object o);
   static Napi::Object NewInstance(Napi::Env env, qn::Tensor t, Napi::Object session);
 
   explicit TensorWrap(const Napi::CallbackInfo& info);
   const qn::Tensor& tensor() const { return tensor_; }
+  // The session object the tensor was made by (the native reference, not the JS property).
+  Napi::Object SessionObject() const { return session_.Value(); }
 
  private:
   Napi::Value DType(const Napi::CallbackInfo& info);

@@ -1,5 +1,6 @@
 // Argument validation for the nf4 ops (shared by CPU and CUDA), see qn/ops/nf4.h.
 #include "qn/ops/nf4.h"
+#include <cmath>
 
 namespace qn {
 namespace {
@@ -76,6 +77,9 @@ void check_nf4_double_dequant(const Nf4DoubleDequantArgs& a) {
 void check_nf4_weight(const Nf4Weight& w, const char* op) {
   QN_CHECK(w.rows >= 1 && w.cols >= 1, Shape,
            std::string(op) + ": weight shape [" + num(w.rows) + ", " + num(w.cols) + "] is empty or negative");
+  // rows * cols (Nf4Weight::numel) must not wrap: at most 2^62 elements, as Tensor::empty allows
+  QN_CHECK(w.rows <= (int64_t(1) << 62) / w.cols, Shape,
+           std::string(op) + ": weight shape [" + num(w.rows) + ", " + num(w.cols) + "] has too many elements");
   expect_blocksize(w.blocksize, op, "weight blocksize");
   const int64_t n = w.numel(), nb = w.nblocks();
   expect_dtype(w.codes, DType::U8, op, "weight codes");
@@ -128,6 +132,17 @@ void nf4_fail_nonfinite(const std::string& name, const Shape& shape, int64_t ind
   const char* what = value != value ? "nan" : value > 0 ? "inf" : "-inf";
   fail(ErrorCode::NonFinite, "nf4_quantize: tensor '" + (name.empty() ? std::string("<unnamed>") : name) +
                                  "' has a non-finite value (" + what + ") at " + where + "; cannot quantize it");
+}
+
+void nf4_check_absmax_finite(const float* absmax, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = absmax[i];
+    if (!std::isfinite(v)) {
+      const char* what = v != v ? "nan" : v > 0 ? "inf" : "-inf";
+      fail(ErrorCode::NonFinite, "nf4_double_quant: absmax has a non-finite value (" + std::string(what) + ") at element " +
+                                     std::to_string(i) + "; cannot quantize it");
+    }
+  }
 }
 
 }  // namespace qn

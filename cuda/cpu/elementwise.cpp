@@ -53,7 +53,7 @@ void cast(Context&, const CastArgs& a) {
 }
 
 void fill(Context&, const FillArgs& a) {
-  QN_CHECK(a.dst.defined(), Arg, "fill: dst is missing");
+  check_fill(a);
   const int64_t n = a.dst.numel();
   void* dst = a.dst.raw();
   const DType t = a.dst.dtype();

@@ -422,6 +422,7 @@ void nf4_double_quant(Context&, const Nf4DoubleQuantArgs& a) {
   check_nf4_double_quant(a);
   const int64_t nb = a.absmax.numel(), nbs = a.nested_blocksize;
   const float* am = a.absmax.data<float>();
+  nf4_check_absmax_finite(am, nb);
   uint8_t* q = a.absmax_q.data<uint8_t>();
   float* nested = a.nested_absmax.data<float>();
   const float offset = absmax_mean(am, nb);

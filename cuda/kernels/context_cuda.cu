@@ -157,7 +157,7 @@ class CudaContext final : public Context {
 
 }  // namespace cuda
 
-std::shared_ptr<Context> open_cuda_context(int index) {
+void expect_cuda_device(int index) {
   int count = 0;
   const cudaError_t e = cudaGetDeviceCount(&count);
   if (e != cudaSuccess) {
@@ -171,6 +171,10 @@ std::shared_ptr<Context> open_cuda_context(int index) {
   if (index < 0 || index >= count)
     fail(ErrorCode::NoDevice, "cannot open cuda:" + std::to_string(index) + ": this machine has " +
                                   std::to_string(count) + " CUDA device(s)");
+}
+
+std::shared_ptr<Context> open_cuda_context(int index) {
+  expect_cuda_device(index);
   return std::make_shared<cuda::CudaContext>(index);
 }
 

@@ -56,7 +56,7 @@ void cast(Context& ctx, const CastArgs& a) {
 }
 
 void fill(Context& ctx, const FillArgs& a) {
-  QN_CHECK(a.dst.defined(), Arg, "fill: dst is missing");
+  check_fill(a);
   const long long n = a.dst.numel();
   if (n == 0) return;
   fill_kernel<<<blocks_for(n, 256), 256, 0, stream_of(ctx)>>>(a.dst.raw(), a.dst.dtype(), n, a.value);

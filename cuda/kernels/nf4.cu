@@ -13,8 +13,10 @@
 //                      load, 16-byte store), 4 items per thread in flight, grid-stride; a scalar
 //                      kernel covers misaligned views.
 #include <climits>
+#include <cmath>
 #include <cstring>
 #include <mutex>
+#include <vector>
 #include "cuda_common.cuh"
 #include "nf4_device.cuh"
 #include "qn/half.h"
@@ -378,6 +380,15 @@ void nf4_double_quant(Context& ctx, const Nf4DoubleQuantArgs& a) {
   const long long nb = a.absmax.numel();
   nf4_dq_offset_kernel<<<1, 256, 0, st>>>(a.absmax.data<float>(), nb, a.offset.data<float>());
   QN_CUDA_LAUNCHED("nf4_dq_offset_kernel", ctx);
+  // The offset (the mean) is finite exactly when every absmax is: one sync to reject inf / nan
+  // input like the CPU does; the absmax is read back only to name the bad element.
+  float offset = 0.f;
+  ctx.copy_to_host(&offset, a.offset.raw(), sizeof(float));
+  if (!std::isfinite(offset)) {
+    std::vector<float> host(static_cast<size_t>(nb));
+    ctx.copy_to_host(host.data(), a.absmax.raw(), host.size() * sizeof(float));
+    nf4_check_absmax_finite(host.data(), nb);
+  }
   DynMap map;
   std::memcpy(map.v, kDynamicMap8, sizeof(map.v));
   const long long nnb = nf4_num_blocks(nb, a.nested_blocksize);

@@ -29,5 +29,8 @@ class Context {
 // Opens a new session on a device. CPU: always works. CUDA: throws E_NO_DEVICE with the reason
 // when the backend is not compiled in, there is no driver, or the index is out of range.
 std::shared_ptr<Context> open_context(const Device& device);
+// The same checks without opening anything: throws what open_context would (E_NO_DEVICE) when the
+// device cannot be used (memoryStats of a device that does not exist).
+void expect_device_present(const Device& device);
 
 }  // namespace qn

@@ -9,7 +9,7 @@ namespace qn {
 struct CastArgs {
   Tensor src, dst;
 };
-// dst[i] = value (rounded once to dst's dtype).
+// dst[i] = value (rounded once to dst's dtype; u8 and i32 take only integers in their range).
 struct FillArgs {
   Tensor dst;
   double value = 0;
@@ -26,6 +26,7 @@ QN_DECLARE_OP(axpby, AxpbyArgs)
 
 // Checks shared by both backends.
 void check_cast(const CastArgs& a);
+void check_fill(const FillArgs& a);
 void check_axpby(const AxpbyArgs& a);
 
 }  // namespace qn

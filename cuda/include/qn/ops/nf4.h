@@ -125,6 +125,9 @@ Nf4Weight nf4_quantize_weight(const Tensor& w, int blocksize = 64, bool double_q
 Tensor nf4_dynamic_map_tensor(const std::shared_ptr<Context>& ctx);
 // Throws E_NONFINITE: "nf4_quantize: tensor 'NAME' has a non-finite value (nan) at element I [r, c]".
 [[noreturn]] void nf4_fail_nonfinite(const std::string& name, const Shape& shape, int64_t index, float value);
+// nf4_double_quant's input check on a host copy of absmax: E_NONFINITE naming the first non-finite
+// value (its offset and scales would be inf / nan). CUDA reads the absmax back only on failure.
+void nf4_check_absmax_finite(const float* absmax, int64_t n);
 
 namespace cpu {
 
