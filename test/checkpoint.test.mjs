@@ -103,6 +103,12 @@ test("save_total_limit keeps the newest, deletes oldest first, never the one jus
     assert.deepEqual(readdirSync(dir), ["checkpoint-50"]);
     await saveCheckpoint(dir, 60, { ...stateFor(60), saveTotalLimit: null });
     assert.deepEqual(listCheckpoints(dir).map((c) => c.step), [60, 50]);
+    // the best model's checkpoint is kept, as transformers keeps it (limit 1 then keeps two)
+    const best = path.join(dir, "checkpoint-50");
+    await saveCheckpoint(dir, 70, { ...stateFor(70), saveTotalLimit: 1, keepCheckpoint: best });
+    assert.deepEqual(listCheckpoints(dir).map((c) => c.step), [70, 50]);
+    await saveCheckpoint(dir, 80, { ...stateFor(80), saveTotalLimit: 2, keepCheckpoint: best });
+    assert.deepEqual(listCheckpoints(dir).map((c) => c.step), [80, 50]);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -26,12 +26,19 @@ const HF_FIELDS = [
   "num_train_epochs", "save_steps", "stateful_callbacks", "total_flos", "train_batch_size", "trial_name", "trial_params",
 ];
 
-test("layout: transformers' fields, sorted keys, indent 2, best metric from eval_loss", async () => {
+test("layout: transformers' fields, sorted keys, indent 2, best metric from metric_for_best_model", async () => {
   const dir = mkdtempSync(path.join(tmpdir(), "qn-ts-"));
   try {
     mkdirSync(path.join(dir, "checkpoint-50"));
     const log = new TrainerStateLog(dir);
-    const s = await log.write({ logHistory: history, globalStep: 100, config, maxSteps: 200 });
+    // as transformers: no metric_for_best_model, no best_*
+    const none = await log.write({ logHistory: history, globalStep: 100, config, maxSteps: 200 });
+    assert.deepEqual([none.best_metric, none.best_global_step, none.best_model_checkpoint], [null, null, null]);
+    // "loss" means eval_loss; lower is better for a loss, and for a perplexity
+    const withMetric = { training: { ...config.training, metric_for_best_model: "loss", greater_is_better: null } };
+    assert.equal((await log.write({ logHistory: history, globalStep: 100, config: { training: { ...withMetric.training, metric_for_best_model: "eval_perplexity" } } })).best_global_step, 50);
+    assert.equal((await log.write({ logHistory: history, globalStep: 100, config: { training: { ...withMetric.training, greater_is_better: true } } })).best_global_step, 0);
+    const s = await log.write({ logHistory: history, globalStep: 100, config: withMetric, maxSteps: 200 });
     const text = readFileSync(path.join(dir, "trainer_state.json"), "utf8");
     assert.ok(text.endsWith("}\n"));
     assert.ok(text.startsWith('{\n  "best_global_step": 50,\n'));

@@ -22,7 +22,7 @@ import { assertNoForeignCheckpoints, damagedCheckpoints, findLatestCheckpoint, l
 import { lockOutputDir } from "../train/output-lock.js";
 import { evaluateExamples, type EvalResult } from "../train/evaluate.js";
 import { runTrainingLoop, totalStepsFor, type LoopState } from "../train/loop.js";
-import { TrainerStateLog } from "../train/trainer-state.js";
+import { bestCheckpointDir, TrainerStateLog } from "../train/trainer-state.js";
 import { totalFlos } from "../train/flos.js";
 import { stepsFrom } from "../train/schedule.js";
 import type { LogEntry, TrainEvents } from "../train/types.js";
@@ -251,6 +251,7 @@ async function trainInFolder(
         seed: config.training.seed,
         extra: { logWindow: state.logWindow, inputNumel: state.inputNumel },
         saveTotalLimit: config.output.save_total_limit,
+        keepCheckpoint: bestCheckpointDir(config, state.logHistory, outputDir),
       });
     };
 

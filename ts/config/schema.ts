@@ -84,6 +84,8 @@ export const SCHEMA: ConfigSchema = {
     eval_strategy: oneOf(["no", "steps", "epoch"] as const, "steps", "When to evaluate on data.eval_split: every eval_steps, every epoch, or never."),
     eval_steps: stepsOrFraction(500, "Evaluate every N optimizer steps (eval_strategy steps; below 1: that fraction of the total steps, rounded up)."),
     eval_on_start: bool(true, "Evaluate once before the first step (a step-0 eval entry; not on a resume). transformers' default is false; ours is true so a run reports its loss before and after."),
+    metric_for_best_model: nullable(str("eval_loss", ""), null, "Eval metric that picks best_metric / best_global_step / best_model_checkpoint in trainer_state.json (eval_loss, eval_perplexity; \"loss\" means eval_loss), and whose best checkpoint save_total_limit never deletes, as transformers does; null leaves them null (transformers' default)."),
+    greater_is_better: nullable(bool(false, ""), null, "Whether a larger metric_for_best_model is better; null: false for metrics ending in loss or perplexity, true otherwise (transformers: not ending in loss)."),
     save_strategy: oneOf(["no", "steps", "epoch"] as const, "steps", "When to write checkpoint-N/ folders: every save_steps, every epoch, or never."),
     save_steps: stepsOrFraction(500, "Save a checkpoint every N optimizer steps (save_strategy steps; below 1: that fraction of the total steps, rounded up)."),
     seed: int(42, "Seed for LoRA initialization, dropout and (unless data_seed is set) data order.", { min: 0, max: 4294967295 }),

@@ -71,6 +71,8 @@ export interface TrainingConfig {
   eval_strategy: IntervalStrategy;
   eval_steps: number;
   eval_on_start: boolean;
+  metric_for_best_model: string | null;
+  greater_is_better: boolean | null;
   save_strategy: IntervalStrategy;
   save_steps: number;
   seed: number;

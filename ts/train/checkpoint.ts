@@ -49,6 +49,8 @@ export interface CheckpointData {
   logHistory?: readonly LogHistoryEntry[];
   /** keep at most this many checkpoints (null / 0 / undefined: keep all) */
   saveTotalLimit?: number | null;
+  /** a checkpoint folder rotation keeps (the best model's, as transformers keeps it) */
+  keepCheckpoint?: string | null;
   extra?: Record<string, unknown>;
 }
 
@@ -281,17 +283,18 @@ export async function saveCheckpoint(outputDir: string, step: number, data: Chec
     if (e instanceof QloraError) throw e;
     throw new QloraError("E_IO", `cannot save checkpoint ${finalDir}: ${(e as Error).message}`, { cause: e });
   }
-  await rotateCheckpoints(outputDir, data.saveTotalLimit, finalDir);
+  await rotateCheckpoints(outputDir, data.saveTotalLimit, finalDir, data.keepCheckpoint ?? undefined);
   return finalDir;
 }
 
-/** Deletes the oldest complete checkpoints beyond `limit`, never `keep`. */
-export async function rotateCheckpoints(outputDir: string, limit: number | null | undefined, keep?: string): Promise<string[]> {
+/** Deletes the oldest complete checkpoints beyond `limit`, never `keep` nor `keepBest` (so with
+ * limit 1 and a best checkpoint that is not the newest, two stay, as in transformers). */
+export async function rotateCheckpoints(outputDir: string, limit: number | null | undefined, keep?: string, keepBest?: string): Promise<string[]> {
   if (!limit || limit <= 0) return [];
   const all = listCheckpoints(outputDir); // newest first
   if (all.length <= limit) return [];
   const removed: string[] = [];
-  const victims = all.slice().reverse().filter((c) => c.path !== keep);
+  const victims = all.slice().reverse().filter((c) => c.path !== keep && c.path !== keepBest);
   let excess = all.length - limit;
   for (const c of victims) {
     if (excess <= 0) break;

@@ -49,6 +49,8 @@ export interface TrainerStateConfig {
     logging_steps: number;
     eval_steps: number;
     save_steps: number;
+    metric_for_best_model?: string | null;
+    greater_is_better?: boolean | null;
   };
 }
 
@@ -66,32 +68,55 @@ export interface TrainerStateInput {
   saveSteps?: number;
   numInputTokensSeen?: number;
   totalFlos?: number;
-  /** metric for best_metric (lower is better unless greaterIsBetter); default eval_loss */
-  metricForBest?: string;
-  greaterIsBetter?: boolean;
+  /** metric for best_metric; undefined: config training.metric_for_best_model; null: none */
+  metricForBest?: string | null;
+  /** undefined: config training.greater_is_better, else by the metric's name */
+  greaterIsBetter?: boolean | null;
 }
 
 export const TRAINER_STATE_FILE = "trainer_state.json";
 
-/** Builds the TrainerState object. best_* follow the best value of metricForBest in the log
- * history; best_model_checkpoint is outputDir/checkpoint-<best step> when that folder exists. */
+/** transformers' metric_for_best_model: "loss" means "eval_loss" (an eval_ prefix is added). */
+export function bestMetricName(metric: string): string {
+  return metric.startsWith("eval_") ? metric : `eval_${metric}`;
+}
+
+/** The log entry with the best value of `metric` (null when none has it). greaterIsBetter null:
+ * false for a loss or perplexity, true otherwise. */
+export function bestEntry(history: readonly LogHistoryEntry[], metric: string, greaterIsBetter: boolean | null = null): LogHistoryEntry | null {
+  const name = bestMetricName(metric);
+  const greater = greaterIsBetter ?? !/(loss|perplexity)$/.test(name);
+  let best: LogHistoryEntry | null = null;
+  for (const e of history) {
+    const v = e[name];
+    if (typeof v !== "number" || !Number.isFinite(v)) continue;
+    const b = best?.[name] as number | undefined;
+    if (b === undefined || (greater ? v > b : v < b)) best = e;
+  }
+  return best;
+}
+
+/** The best model's checkpoint folder by training.metric_for_best_model (null without one). */
+export function bestCheckpointDir(config: TrainerStateConfig, history: readonly LogHistoryEntry[], outputDir: string): string | null {
+  const metric = config.training.metric_for_best_model ?? null;
+  const best = metric === null ? null : bestEntry(history, metric, config.training.greater_is_better ?? null);
+  return best ? path.join(outputDir, `checkpoint-${best.step}`) : null;
+}
+
+/** Builds the TrainerState object. With a metric for the best model (training.metric_for_best_model),
+ * best_* follow its best value in the log history and best_model_checkpoint is
+ * outputDir/checkpoint-<best step> when that folder exists; without one they are null. */
 export function buildTrainerState(input: TrainerStateInput, outputDir?: string): TrainerStateJson {
   const t = input.config?.training;
   const history = input.logHistory.map((e) => ({ ...e }));
-  const metric = input.metricForBest ?? "eval_loss";
-  let best: LogHistoryEntry | null = null;
-  for (const e of history) {
-    const v = e[metric];
-    if (typeof v !== "number" || !Number.isFinite(v)) continue;
-    const b = best?.[metric] as number | undefined;
-    if (b === undefined || (input.greaterIsBetter ? v > b : v < b)) best = e;
-  }
+  const metric = input.metricForBest !== undefined ? input.metricForBest : (t?.metric_for_best_model ?? null);
+  const best = metric === null ? null : bestEntry(history, metric, input.greaterIsBetter !== undefined ? input.greaterIsBetter : (t?.greater_is_better ?? null));
   const bestCk = best && outputDir ? path.join(outputDir, `checkpoint-${best.step}`) : null;
   const maxSteps = input.maxSteps ?? (t && t.max_steps > 0 ? t.max_steps : 0);
   const last = history.length ? history[history.length - 1] : undefined;
   return {
     best_global_step: best ? best.step : null,
-    best_metric: best ? (best[metric] as number) : null,
+    best_metric: best && metric !== null ? (best[bestMetricName(metric)] as number) : null,
     best_model_checkpoint: bestCk && existsSync(bestCk) ? bestCk : null,
     epoch: last?.epoch ?? null,
     eval_steps: input.evalSteps ?? t?.eval_steps ?? 500,
