@@ -1,6 +1,8 @@
 // SessionQueue (see session_queue.h).
 #include "session_queue.h"
 #include "errors.h"
+#include <string>
+#include <system_error>
 
 namespace qnb {
 
@@ -22,7 +24,18 @@ SessionQueue::SessionQueue(Napi::Env env) {
   shared_->tsfn.Unref(env);
   env_ = env;
   hook_ = napi_add_env_cleanup_hook(env, &SessionQueue::EnvCleanup, this) == napi_ok;
-  thread_ = std::thread([this] { Loop(); });
+  try {
+    thread_ = std::thread([this] { Loop(); });
+  } catch (const std::system_error& e) {
+    // out of threads or memory (e.g. thousands of undisposed sessions): an error, not an abort
+    if (hook_) napi_remove_env_cleanup_hook(env, &SessionQueue::EnvCleanup, this);
+    hook_ = false;
+    closed_ = true;
+    shared_->released = true;
+    shared_->tsfn.Release();
+    Throw(env, "E_OOM", std::string("cannot start the session's worker thread (") + e.what() +
+                            "); too many sessions alive at once? dispose() the ones you no longer need");
+  }
 }
 
 void SessionQueue::EnvCleanup(void* self) {

@@ -26,6 +26,11 @@ Napi::Function SessionWrap::Define(Napi::Env env) {
   return cls;
 }
 
+namespace {
+// what an open session is worth to V8's GC heuristics: its thread (stack, queue) and context
+constexpr int64_t kSessionExternalBytes = 4 << 20;
+}  // namespace
+
 // new NativeSession(deviceName)
 SessionWrap::SessionWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<SessionWrap>(info) {
   Napi::Env env = info.Env();
@@ -36,6 +41,16 @@ SessionWrap::SessionWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Sess
   });
   queue_ = std::make_unique<SessionQueue>(env);
   SetTypeTag(info.This().As<Napi::Object>(), kSessionTag);
+  env_ = env;
+  int64_t ignored = 0;
+  counted_ = napi_adjust_external_memory(env, kSessionExternalBytes, &ignored) == napi_ok;
+}
+
+void SessionWrap::Uncount() {
+  if (!counted_) return;
+  counted_ = false;
+  int64_t ignored = 0;
+  napi_adjust_external_memory(env_, -kSessionExternalBytes, &ignored);
 }
 
 SessionWrap* SessionWrap::Unwrap(Napi::Object o) {
@@ -45,6 +60,7 @@ SessionWrap* SessionWrap::Unwrap(Napi::Object o) {
 
 SessionWrap::~SessionWrap() {
   if (queue_) queue_->Close();
+  Uncount();
 }
 
 const std::shared_ptr<qn::Context>& SessionWrap::Context(Napi::Env env) const {
@@ -154,6 +170,7 @@ Napi::Value SessionWrap::Synchronize(const Napi::CallbackInfo& info) {
 Napi::Value SessionWrap::Dispose(const Napi::CallbackInfo& info) {
   if (queue_) queue_->Close();
   ctx_.reset();
+  Uncount();
   return info.Env().Undefined();
 }
 

@@ -34,6 +34,11 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
 
   std::shared_ptr<qn::Context> ctx_;
   std::unique_ptr<SessionQueue> queue_;
+  // A session's thread reported to V8 as external memory while the session is open, so dropped,
+  // undisposed sessions are collected (and their threads ended) before thousands pile up.
+  napi_env env_ = nullptr;
+  bool counted_ = false;
+  void Uncount();
 };
 
 }  // namespace qnb

@@ -93,6 +93,31 @@ test("logging_steps / save_steps below 1 are fractions of the total steps (ceil)
   assert.ok(ctx.state.inputNumel > 0 && ctx.state.inputNumel % 2 === 0);
 });
 
+test("an abort during an evaluation keeps the steps done: the loop saves a checkpoint (mid-run and at the end)", async () => {
+  for (const [evalSteps, abortAtEval, step] of [[2, 1, 2], [10, 1, 5]]) {
+    const controller = new AbortController();
+    let evals = 0;
+    const model = {
+      paramCount: 10,
+      async trainStep(micro) {
+        const tokens = micro.reduce((s, b) => s + targetsOf(b), 0);
+        return { lossSum: tokens, tokens, gradNorm: 0.5, nonFinite: false, skipped: false };
+      },
+      async evalLoss() {
+        if (++evals === abortAtEval) controller.abort();
+        return { lossSum: 1, tokens: 1 };
+      },
+    };
+    const { ctx, saved } = setup({ max_steps: 5, gradient_accumulation_steps: 1, eval_strategy: "steps", eval_steps: evalSteps, save_strategy: "steps", save_steps: 100 }, model);
+    ctx.evalSet = ctx.loader.examples;
+    ctx.signal = controller.signal;
+    const r = await runTrainingLoop(ctx);
+    assert.equal(r.stoppedBy, "abort");
+    assert.equal(r.globalStep, step);
+    assert.deepEqual(saved, ["interrupt"]);
+  }
+});
+
 test("non-finite steps are skipped and counted; the patience stops training with a checkpoint", async () => {
   let n = 0;
   const model = {

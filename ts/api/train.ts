@@ -72,6 +72,9 @@ export async function openModelFor(config: ResolvedConfig, device: string, info:
   const modelDir = resolveModelPath(config.model.name_or_path, config.model.revision);
   if (config.advanced.threads > 0) native.setNumThreads(config.advanced.threads);
   const session = openSession(device);
+  // the reported peak is this run's (loading included), not an earlier high-water mark of the
+  // process; the counter is per device, so runs at the same time in one process share it
+  session.resetPeak();
   const lora = loraConfigFor(config, config.model.name_or_path);
   info(`loading ${modelDir} (${config.model.quantization === "nf4" ? "NF4 base weights" : "dense base weights"}, ${config.model.compute_dtype}) on ${device}`);
   let model: QwenModel;

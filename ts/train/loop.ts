@@ -117,13 +117,20 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
   let stoppedBy: LoopResult["stoppedBy"] = "completed";
   const startStep = state.globalStep;
 
-  const runEval = async (): Promise<void> => {
-    if (!ctx.evalSet) return;
-    lastEval = await evaluateExamples(model, ctx.evalSet, { batchSize: t.per_device_eval_batch_size, padId: ctx.padId, padding: config.data.padding, signal: dp ? undefined : ctx.signal, shard: dp ? { rank: world.rank, worldSize: world.worldSize, reduce: world.allreduce } : undefined });
+  // false when the run was aborted during the evaluation (the caller then saves the steps done)
+  const runEval = async (): Promise<boolean> => {
+    if (!ctx.evalSet) return true;
+    try {
+      lastEval = await evaluateExamples(model, ctx.evalSet, { batchSize: t.per_device_eval_batch_size, padId: ctx.padId, padding: config.data.padding, signal: dp ? undefined : ctx.signal, shard: dp ? { rank: world.rank, worldSize: world.worldSize, reduce: world.allreduce } : undefined });
+    } catch (e) {
+      if (!dp && ctx.signal?.aborted && (e as { code?: string }).code === "E_ABORTED") return false;
+      throw e;
+    }
     const entry: LogEntry = { step: state.globalStep, epoch: epochNow, eval_loss: lastEval.eval_loss, eval_perplexity: lastEval.perplexity, eval_tokens: lastEval.eval_tokens, eval_runtime: round(lastEval.eval_seconds, 4) };
     state.logHistory.push(entry);
     events.onEval?.(entry);
     await ctx.writeLogs();
+    return true;
   };
 
   while (state.globalStep < totalSteps) {
@@ -207,7 +214,10 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
       logStart = performance.now();
       await ctx.writeLogs();
     }
-    if (evalEvery > 0 && state.globalStep % evalEvery === 0 && !last) await runEval();
+    if (evalEvery > 0 && state.globalStep % evalEvery === 0 && !last && !(await runEval())) {
+      stoppedBy = "abort";
+      break;
+    }
     if (saveEvery > 0 && state.globalStep % saveEvery === 0 && !last) {
       // (not `onSave?.(await save())`: an absent handler would skip the save itself)
       const dir = await ctx.saveCheckpoint("interval");
@@ -215,6 +225,7 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
     }
   }
 
+  if (stoppedBy === "completed" && !(await runEval())) stoppedBy = "abort";
   if (stoppedBy === "abort") {
     // nothing new to save when no step ran since the start (or the resume point)
     if (state.globalStep > startStep) {
@@ -222,7 +233,6 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
       events.onSave?.(dir);
     }
   } else {
-    if (ctx.evalSet) await runEval();
     await ctx.writeLogs();
     // As transformers does: the last step is checkpointed too (after its evaluation, so the
     // checkpoint's log history has it), so --resume latest with a larger max_steps continues
