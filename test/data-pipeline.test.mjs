@@ -3,6 +3,7 @@
 // WikiText-2 reference count with throughput figures when ../shared/data is present.
 
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { appendFileSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -129,6 +130,23 @@ test("an empty split is an error naming its file", async (t) => {
     code: "E_DATA",
     message: `split "test" (data.test_split) has no rows with text: ${join(s.data, "wiki.test.raw")} (3 rows, all empty)`,
   });
+});
+
+test("a pool whose workers cannot load the tokenizer fails with E_DATA, again and again, leaking nothing", (t) => {
+  // terminating a worker that was still loading its modules crashed Node (a V8 check) or leaked
+  // descriptors; the pool now waits for every worker to be ready or failed first
+  const dir = writeTree(tempDir(t), { "tokenizer.json": "{ not json" });
+  const script = `const { TokenizePool } = await import(${JSON.stringify(new URL("../dist/data/index.js", import.meta.url).href)});
+    const { readdirSync } = await import("node:fs"); const fds = () => readdirSync("/proc/self/fd").length;
+    const before = fds(); const codes = new Set();
+    for (let i = 0; i < 40; i++) { try { await TokenizePool.open(${JSON.stringify(dir)}, 2); } catch (e) { codes.add(e.code); } }
+    console.log(JSON.stringify({ before, after: fds(), codes: [...codes] }));`;
+  const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], { encoding: "utf8", timeout: 120_000 });
+  assert.equal(r.signal, null, r.stderr);
+  assert.equal(r.status, 0, r.stderr);
+  const got = JSON.parse(r.stdout.trim().split("\n").pop());
+  assert.deepEqual(got.codes, ["E_DATA"]);
+  assert.ok(got.after <= got.before + 2, `file descriptors ${got.before} -> ${got.after}`);
 });
 
 test("worker pool and calling thread give identical ids", async () => {

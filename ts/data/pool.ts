@@ -81,20 +81,25 @@ export class TokenizePool {
     }
     const url = new URL("./tokenize-worker.js", import.meta.url);
     const started = Array.from({ length: workers }, () => new Worker(url, { workerData: { tokenizerDir, addSpecialTokens } }));
-    let infos: TokenizerInfo[];
-    try {
-      infos = await Promise.all(started.map((w) => new Promise<TokenizerInfo>((ok, fail) => {
-        w.once("message", (m: { ready?: boolean; info: TokenizerInfo }) => {
-          w.off("error", fail);
-          ok(m.info);
-        });
-        w.once("error", fail);
-      })));
-    } catch (err) {
+    // every worker is waited for (ready or failed) before any is terminated: terminating one
+    // still loading its modules leaks their file descriptors
+    const settled = await Promise.allSettled(started.map((w) => new Promise<TokenizerInfo>((ok, fail) => {
+      const onExit = (code: number) => fail(new Error(`exited with code ${code} while loading`));
+      w.once("message", (m: { ready?: boolean; info: TokenizerInfo }) => {
+        w.off("error", fail);
+        w.off("exit", onExit);
+        ok(m.info);
+      });
+      w.once("error", fail);
+      w.once("exit", onExit);
+    })));
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === "rejected");
+    if (failed) {
       await Promise.all(started.map((w) => w.terminate()));
+      const err = failed.reason;
       throw err instanceof QloraError ? err : new QloraError("E_DATA", `tokenizer worker failed to start: ${(err as Error).message}`, { cause: err });
     }
-    return new TokenizePool(started, null, addSpecialTokens, infos[0]);
+    return new TokenizePool(started, null, addSpecialTokens, (settled[0] as PromiseFulfilledResult<TokenizerInfo>).value);
   }
 
   get size(): number {
