@@ -78,6 +78,25 @@ test("packing: EOS between rows, full blocks, tail dropped", () => {
   assert.equal(b.numTargets, 6);
 });
 
+test("blank rows: left out of padded examples and EOS packing, concatenated with separator none; row groups", () => {
+  // rows 1 and 3 are blank; with a BOS-adding tokenizer a blank row is the BOS alone (emptyRowLength 1)
+  const r = rowsOf([[7, 1, 2], [], [7, 3, 4, 5], []]);
+  assert.equal(ExampleSet.build(r, { maxLength: 8, packing: false, eosId: EOS }).length, 2);
+  const eos = ExampleSet.build(r, { maxLength: 4, packing: true, eosId: EOS });
+  assert.deepEqual(Array.from(eos.tokens(0)), [7, 1, 2, EOS]); // no EOS for the blank rows
+  const bos = rowsOf([[7, 1, 2], [7], [7, 3, 4, 5], [7]]);
+  assert.equal(ExampleSet.build(bos, { maxLength: 8, packing: false, eosId: EOS, emptyRowLength: 1 }).length, 2);
+  assert.deepEqual(Array.from(ExampleSet.build(bos, { maxLength: 4, packing: true, eosId: EOS, emptyRowLength: 1 }).tokens(1)), [7, 3, 4, 5]);
+  // without special tokens (emptyRowLength 0) a one-token row is a row: 5, EOS, 6, 7, 8
+  assert.deepEqual(Array.from(ExampleSet.build(rowsOf([[5], [6, 7, 8]]), { maxLength: 5, packing: true, eosId: EOS }).tokens(0)), [5, EOS, 6, 7, 8]);
+  // separator none: every token, BOS-only rows too; groups of 2 rows, each remainder dropped
+  const none = ExampleSet.build(bos, { maxLength: 2, packing: true, eosId: EOS, separator: "none" });
+  assert.deepEqual(Array.from({ length: none.length }, (_, i) => Array.from(none.tokens(i))), [[7, 1], [2, 7], [7, 3], [4, 5]]);
+  const grouped = ExampleSet.build(bos, { maxLength: 3, packing: true, eosId: EOS, separator: "none", groupRows: 2 });
+  assert.deepEqual(Array.from({ length: grouped.length }, (_, i) => Array.from(grouped.tokens(i))), [[7, 1, 2], [7, 3, 4]]);
+  assert.equal(ExampleSet.build(rowsOf([]), { maxLength: 3, packing: true, eosId: EOS }).length, 0);
+});
+
 test("packing invariants on random rows", () => {
   const rows = randomRows(300, 50, 9);
   const T = 64;

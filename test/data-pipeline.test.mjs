@@ -149,6 +149,17 @@ test("a pool whose workers cannot load the tokenizer fails with E_DATA, again an
   assert.ok(got.after <= got.before + 2, `file descriptors ${got.before} -> ${got.after}`);
 });
 
+test("blank and whitespace lines of a .txt split are no examples (padding and EOS packing), with or without keep_linebreaks", async (t) => {
+  const s = setup(t);
+  const data = writeTree(join(s.root, "ws"), { "train.txt": "Hello there my friend.\n\nSecond paragraph here.\n  \t\n\nThird one.\n" });
+  for (const keep of ["false", "true"]) {
+    const c = await config({ ...s, data }, ["data.eval_split=null", "data.test_split=null", "training.eval_strategy=no", `data.keep_linebreaks=${keep}`]);
+    const prepared = await prepareDataset(c);
+    assert.equal(prepared.train.numRows, 6, "every line is a row (blank ones count in row groups)");
+    assert.equal(buildExampleSets(prepared, c).train.length, 3, `keep_linebreaks ${keep}`);
+  }
+});
+
 test("worker pool and calling thread give identical ids", async () => {
   const rows = [...textRows("train"), ...textRows("validation"), ...textRows("test")];
   const many = Array.from({ length: 40 }, (_, i) => rows.map((r) => `${r.trimEnd()} #${i}\n`)).flat();

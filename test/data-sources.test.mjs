@@ -96,9 +96,11 @@ test("jsonl and txt folders, split names mapped (validation -> dev, eval)", asyn
   assert.deepEqual([s.train.format, s.eval.format, s.test.format], ["jsonl", "jsonl", "txt"]);
   assert.equal(s.eval.files[0], join(dir, "dev.jsonl"));
   const train = await readSplitRows(s.train, "text");
-  // jsonl: a blank line is no row; a null text is ""; whitespace is kept (the tokenizer sees it, as in HF)
-  assert.deepEqual(train.rows, ["first row", "  ", "", "second row"]);
+  // jsonl: a blank line is no row; a null or whitespace text is "" (kept as is for run_clm's
+  // plain concatenation, which tokenizes it)
+  assert.deepEqual(train.rows, ["first row", "", "", "second row"]);
   assert.equal(train.textRows, 2);
+  assert.deepEqual((await readSplitRows(s.train, "text", { keepBlankRows: true })).rows, ["first row", "  ", "", "second row"]);
   // txt: every line, empty ones too (the HF text loader)
   assert.deepEqual((await readSplitRows(s.test, "text")).rows, ["line one", "", "line two", "last line without break"]);
 });

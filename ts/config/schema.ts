@@ -46,7 +46,7 @@ export const SCHEMA: ConfigSchema = {
     keep_linebreaks: bool(false, "Keep each line's line break in .txt rows (what run_clm.py's keep_linebreaks asks of the HF text loader); false drops it, as the loader does by default."),
     max_length: int(512, "Tokens per training sequence: rows are truncated to it (padding mode) or cut into blocks of it (packing). 512 holds every WikiText-2 validation paragraph whole (the longest has 503 Qwen tokens).", { min: 2, max: 131072 }),
     packing: bool(false, "Join rows with EOS and cut into full max_length blocks (no padding) instead of one padded row per sequence."),
-    packing_separator: oneOf(["eos", "none"] as const, "eos", "With packing: eos puts an EOS token between rows (empty rows left out); none concatenates the rows' tokens as run_clm.py's group_texts does."),
+    packing_separator: oneOf(["eos", "none"] as const, "eos", "With packing: eos puts an EOS token between rows (blank rows left out); none concatenates the tokens of every row, whitespace rows included, as run_clm.py's group_texts does."),
     packing_group_rows: nullable(int(1000, "", { min: 1 }), null, "With packing: null packs the whole split as one stream (only its last partial block dropped); N packs every N rows on their own and drops each group's partial block, as run_clm.py's group_texts under datasets.map(batched=True) does (its batch is 1000 rows; with packing_separator none that gives run_clm's exact blocks)."),
     padding: oneOf(["max_length", "longest"] as const, "max_length", "Pad each batch to max_length (as the seed formulation does) or to its longest row (same loss, less compute)."),
     shuffle: bool(true, "Shuffle the training examples each epoch (seeded by training.data_seed or training.seed)."),

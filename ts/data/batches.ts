@@ -44,8 +44,9 @@ export interface ExampleOptions {
   /** Packing: rows are packed in groups of this many (each group's partial last block dropped), as
    * group_texts under datasets.map(batched=True, batch_size=N); null/absent: one stream. */
   groupRows?: number | null;
-  /** Tokens of an empty row (the tokenizer's special tokens alone, e.g. a Llama BOS; 0 for Qwen):
-   * such rows are left out of padded examples and of EOS-separated packing. */
+  /** Tokens of a blank row (the tokenizer's special tokens alone when they are added, e.g. a
+   * Llama BOS; 0 for Qwen): such rows are left out of padded examples and of EOS-separated packing.
+   * (Blank rows reach the tokenizer as "", except for separator "none", where run_clm keeps them.) */
   emptyRowLength?: number;
   /** Keep only the first `limit` examples (data.max_train_samples); null keeps all. */
   limit?: number | null;
@@ -76,7 +77,7 @@ export class ExampleSet {
     }
     const L = opts.maxLength;
     const withEos = (opts.separator ?? "eos") === "eos";
-    const group = opts.groupRows ?? numRows;
+    const group = opts.groupRows ?? Math.max(1, numRows);
     if (!Number.isInteger(group) || group < 1) throw new QloraError("E_DATA", `groupRows must be a positive integer, got ${opts.groupRows}`);
     // rows of a group in stream order (EOS mode: empty rows left out, an EOS between rows)
     const streamLength = (g0: number, g1: number): number => {

@@ -21,7 +21,7 @@ export function buildExampleSets(prepared: PreparedDataset, config: Config): Exa
   const { max_length: maxLength, packing, packing_separator: separator, packing_group_rows: groupRows, max_train_samples, max_eval_samples } = config.data;
   const { eosId, specialPrefix, specialSuffix } = prepared.tokenizer;
   // an empty row holds the tokenizer's special tokens alone (a Llama BOS; nothing for Qwen)
-  const emptyRowLength = (specialPrefix?.length ?? 0) + (specialSuffix?.length ?? 0);
+  const emptyRowLength = config.data.add_special_tokens ? (specialPrefix?.length ?? 0) + (specialSuffix?.length ?? 0) : 0;
   const build = (rows: PreparedDataset["train"] | null, limit: number | null) =>
     rows ? ExampleSet.build(rows, { maxLength, packing, eosId, separator, groupRows, emptyRowLength, limit }) : null;
   return { train: build(prepared.train, max_train_samples)!, eval: build(prepared.eval, max_eval_samples), test: build(prepared.test, max_eval_samples) };

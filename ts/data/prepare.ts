@@ -102,11 +102,18 @@ export async function prepareDataset(config: Config, options: PrepareOptions = {
       return { role, source, hashes };
     })),
   ]);
+  // run_clm's plain concatenation tokenizes whitespace rows too; the other modes leave them out
+  const keepBlankRows = config.data.packing && config.data.packing_separator === "none";
+  // the reader settings a split's ids depend on, in its cache key
+  const readerKey = (format: string): string =>
+    [format === "jsonl" || format === "parquet" ? config.data.text_field : format === "txt" && config.data.keep_linebreaks ? "keep_linebreaks" : "", keepBlankRows && format !== "wikitext-raw" ? "blank_rows" : ""]
+      .filter((x, i) => i === 0 || x !== "")
+      .join("+");
   const plans: Planned[] = planned.map(({ role, source, hashes }) => ({
     role,
     source,
     files: source.files.map((path, i) => ({ path, ...hashes[i] })),
-    key: tokenCacheKey({ tokenizerFingerprint: tokFiles.fingerprint, fileHashes: hashes.map((h) => h.sha256), format: source.format, textField: source.format === "jsonl" || source.format === "parquet" ? config.data.text_field : source.format === "txt" && config.data.keep_linebreaks ? "keep_linebreaks" : "", addSpecialTokens: config.data.add_special_tokens }),
+    key: tokenCacheKey({ tokenizerFingerprint: tokFiles.fingerprint, fileHashes: hashes.map((h) => h.sha256), format: source.format, textField: readerKey(source.format), addSpecialTokens: config.data.add_special_tokens }),
   }));
 
   const loaded = new Map<string, { rows: TokenRows; meta?: TokenCacheMeta }>();
@@ -134,7 +141,7 @@ export async function prepareDataset(config: Config, options: PrepareOptions = {
     let texts: SplitRows[];
     let all: TokenRows;
     try {
-      texts = await Promise.all(missing.map((p) => readSplitRows(p.source, config.data.text_field, { keepLinebreaks: config.data.keep_linebreaks })));
+      texts = await Promise.all(missing.map((p) => readSplitRows(p.source, config.data.text_field, { keepLinebreaks: config.data.keep_linebreaks, keepBlankRows })));
       texts.forEach((t, i) => {
         if (t.textRows === 0) {
           const p = missing[i];

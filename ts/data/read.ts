@@ -8,8 +8,10 @@
 // lone \r are line breaks) and a byte-order mark kept as U+FEFF text.
 //   jsonl:        one row per non-blank line, the string in `text_field`
 //   parquet:      one row per record, the string column `text_field` (null becomes "")
-// Every row is kept, empty ones too (they tokenize to nothing, or to the tokenizer's special
-// tokens alone, and count in run_clm-style row groups: data.packing_group_rows). Invalid UTF-8, unreadable files, bad JSON and
+// Every row is kept, blank ones too, as "" (they tokenize to nothing, or to the tokenizer's special
+// tokens alone, and count in run_clm-style row groups: data.packing_group_rows); with
+// keepBlankRows (run_clm's plain concatenation) a whitespace row keeps its text as the HF loaders
+// give it ("\n" with keep_linebreaks), since run_clm tokenizes it. Invalid UTF-8, unreadable files, bad JSON and
 // missing fields raise QloraError E_DATA naming the file (and line where there is one).
 
 import { open } from "node:fs/promises";
@@ -168,12 +170,13 @@ function hasText(s: string): boolean {
 
 /** wikitext raw: rows split at line breaks only, "\n" kept. txt (`splitlines`): also at
  * str.splitlines' other separators, each kept when `keepBreak`. */
-async function readLinesFile(file: string, keepBreak: boolean, splitlines: boolean, out: SplitRows): Promise<void> {
-  // wikitext (no splitlines): a blank line is "" as the dataset script gives it; txt: every line as is
+async function readLinesFile(file: string, keepBreak: boolean, splitlines: boolean, out: SplitRows, keepBlank: boolean): Promise<void> {
+  // wikitext (no splitlines): a blank line is "" as the dataset script gives it; txt: a blank line
+  // as is with keepBlank (the HF text loader), else ""
   const push = (line: string, brk: string) => {
     const text = hasText(line);
     if (text) out.textRows++;
-    out.rows.push(!splitlines && !text ? "" : keepBreak ? line + brk : line);
+    out.rows.push(!text && !(splitlines && keepBlank) ? "" : keepBreak ? line + brk : line);
   };
   for await (const block of lineBlocks(file, out)) {
     block.lines.forEach((line, i) => {
@@ -189,7 +192,7 @@ async function readLinesFile(file: string, keepBreak: boolean, splitlines: boole
   }
 }
 
-async function readJsonl(file: string, field: string, out: SplitRows): Promise<void> {
+async function readJsonl(file: string, field: string, out: SplitRows, keepBlank: boolean): Promise<void> {
   let lineNo = 0;
   for await (const { lines } of lineBlocks(file, out)) {
     for (const line of lines) {
@@ -212,8 +215,9 @@ async function readJsonl(file: string, field: string, out: SplitRows): Promise<v
       if (v !== null && typeof v !== "string") {
         throw new QloraError("E_DATA", `${file}: line ${lineNo}: field "${field}" holds ${Array.isArray(v) ? "a list" : typeof v}, expected a string`);
       }
-      out.rows.push(typeof v === "string" ? v : "");
-      if (typeof v === "string" && hasText(v)) out.textRows++;
+      const text = typeof v === "string" && hasText(v);
+      out.rows.push(typeof v === "string" && (text || keepBlank) ? v : "");
+      if (text) out.textRows++;
     }
   }
 }
@@ -227,7 +231,7 @@ const PARQUET_CODECS = {
   BROTLI: (input: Uint8Array) => new Uint8Array(brotliDecompressSync(input)),
 };
 
-async function readParquet(file: string, field: string, out: SplitRows): Promise<void> {
+async function readParquet(file: string, field: string, out: SplitRows, keepBlank: boolean): Promise<void> {
   let buffer;
   let metadata;
   try {
@@ -274,27 +278,29 @@ async function readParquet(file: string, field: string, out: SplitRows): Promise
     if (v !== null && v !== undefined && typeof v !== "string") {
       throw new QloraError("E_DATA", `${file}: column "${field}" holds ${typeof v} values, expected strings`);
     }
-    out.rows.push(typeof v === "string" ? v : "");
-    if (typeof v === "string" && hasText(v)) out.textRows++;
+    const text = typeof v === "string" && hasText(v);
+    out.rows.push(typeof v === "string" && (text || keepBlank) ? v : "");
+    if (text) out.textRows++;
   }
 }
 
 /** Reads all rows of a split. */
-export async function readSplitRows(source: SplitSource, textField: string, options: { keepLinebreaks?: boolean } = {}): Promise<SplitRows> {
+export async function readSplitRows(source: SplitSource, textField: string, options: { keepLinebreaks?: boolean; keepBlankRows?: boolean } = {}): Promise<SplitRows> {
+  const keepBlank = options.keepBlankRows === true;
   const out: SplitRows = { rows: [], textRows: 0, bytes: 0 };
   for (const file of source.files) {
     switch (source.format) {
       case "wikitext-raw":
-        await readLinesFile(file, true, false, out);
+        await readLinesFile(file, true, false, out, keepBlank);
         break;
       case "txt":
-        await readLinesFile(file, options.keepLinebreaks === true, true, out);
+        await readLinesFile(file, options.keepLinebreaks === true, true, out, keepBlank);
         break;
       case "jsonl":
-        await readJsonl(file, textField, out);
+        await readJsonl(file, textField, out, keepBlank);
         break;
       case "parquet":
-        await readParquet(file, textField, out);
+        await readParquet(file, textField, out, keepBlank);
         break;
     }
   }
