@@ -26,7 +26,7 @@ SessionQueue::SessionQueue(Napi::Env env) {
   hook_ = napi_add_env_cleanup_hook(env, &SessionQueue::EnvCleanup, this) == napi_ok;
   try {
     thread_ = std::thread([this] { Loop(); });
-  } catch (const std::system_error& e) {
+  } catch (const std::exception& e) {  // std::system_error, or std::bad_alloc
     // out of threads or memory (e.g. thousands of undisposed sessions): an error, not an abort
     if (hook_) napi_remove_env_cleanup_hook(env, &SessionQueue::EnvCleanup, this);
     hook_ = false;

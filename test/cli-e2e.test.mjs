@@ -79,6 +79,10 @@ test("train --json writes the adapter, logs, plots and checkpoints; eval reprodu
   assert.equal(state.num_train_epochs, Math.ceil(6 / (64 / 2 / 2)));
   // total_flos as transformers counts it (6 x input positions x non-embedding parameters)
   assert.ok(summary.total_flos > 0 && state.total_flos === summary.total_flos, `${summary.total_flos} ${state.total_flos}`);
+  // every checkpoint holds the whole state, as transformers writes it
+  const ck3 = JSON.parse(readFileSync(path.join(out, "checkpoint-3", "trainer_state.json"), "utf8"));
+  assert.deepEqual([ck3.global_step, ck3.max_steps, ck3.logging_steps, ck3.eval_steps, ck3.save_steps], [3, 6, 2, 3, 3]);
+  assert.ok(ck3.total_flos > 0 && ck3.total_flos === state.total_flos / 2, `${ck3.total_flos} vs ${state.total_flos}`);
   // the test split after the last step, in the summary and the log history
   const tests = state.log_history.filter((e) => e.test_loss !== undefined);
   assert.deepEqual(tests.map((e) => e.step), [6]);

@@ -34,4 +34,5 @@ test("unsupported settings are refused by name", () => {
   assert.throws(() => parseHfConfig({ ...qwen, use_sliding_window: true }), (e) => e.code === "E_FORMAT" && /use_sliding_window/.test(e.message));
   // the default rope spelled out is fine
   assert.equal(parseHfConfig({ ...llama, rope_scaling: null, rope_parameters: { rope_type: "default", rope_theta: 5e5 } }).ropeTheta, 5e5);
+  assert.equal(parseHfConfig({ ...llama, rope_scaling: { rope_type: "default", factor: 1.0 } }).ropeTheta, parseHfConfig(llama).ropeTheta);
 });

@@ -6,7 +6,7 @@ import { readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { test } from "node:test";
-import { buildTrainerState, loadTrainerState, stringifySorted, TrainerStateLog } from "../dist/train/trainer-state.js";
+import { buildTrainerState, loadTrainerState, nextBestCheckpoint, stringifySorted, TrainerStateLog } from "../dist/train/trainer-state.js";
 
 const config = {
   training: { max_steps: 0, num_train_epochs: 1.5, per_device_train_batch_size: 4, logging_steps: 10, eval_steps: 50, save_steps: 100 },
@@ -37,7 +37,11 @@ test("layout: transformers' fields, sorted keys, indent 2, best metric from metr
     // "loss" means eval_loss; lower is better for a loss, and for a perplexity
     const withMetric = { training: { ...config.training, metric_for_best_model: "loss", greater_is_better: null } };
     assert.equal((await log.write({ logHistory: history, globalStep: 100, config: { training: { ...withMetric.training, metric_for_best_model: "eval_perplexity" } } })).best_global_step, 50);
-    assert.equal((await log.write({ logHistory: history, globalStep: 100, config: { training: { ...withMetric.training, greater_is_better: true } } })).best_global_step, 0);
+    // the evaluation before training (step 0, eval_loss 3.2) is no candidate, as in transformers
+    assert.equal((await log.write({ logHistory: history, globalStep: 100, config: { training: { ...withMetric.training, greater_is_better: true } } })).best_global_step, 100);
+    // no checkpoints saved: best_global_step stays null, best_metric is kept
+    const noSave = await log.write({ logHistory: history, globalStep: 100, config: { training: { ...withMetric.training, save_strategy: "no" } } });
+    assert.deepEqual([noSave.best_metric, noSave.best_global_step], [2.5, null]);
     const s = await log.write({ logHistory: history, globalStep: 100, config: withMetric, maxSteps: 200 });
     const text = readFileSync(path.join(dir, "trainer_state.json"), "utf8");
     assert.ok(text.endsWith("}\n"));
@@ -123,6 +127,26 @@ test("bad files are reported with E_FORMAT / E_IO", async () => {
     await assert.rejects(loadTrainerState(f), { code: "E_FORMAT" });
     await import("node:fs/promises").then((fs) => fs.writeFile(f, "{not json"));
     await assert.rejects(loadTrainerState(dir), { code: "E_FORMAT" });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("best_model_checkpoint as transformers moves it: to the best step's checkpoint when that exists at a save", () => {
+  const dir = mkdtempSync(path.join(tmpdir(), "qn-ts-"));
+  try {
+    const cfg = { training: { ...config.training, metric_for_best_model: "eval_loss" } };
+    const h = [{ step: 0, eval_loss: 1 }, { step: 5, eval_loss: 3 }];
+    // saving step 10: best is step 5, which has no checkpoint: nothing yet
+    assert.equal(nextBestCheckpoint(cfg, h, dir, 10, null), null);
+    // saving step 5 itself
+    assert.equal(nextBestCheckpoint(cfg, h, dir, 5, null), path.join(dir, "checkpoint-5"));
+    mkdirSync(path.join(dir, "checkpoint-5"));
+    // a newer best (step 15) without a checkpoint keeps the older one; once saved it moves
+    const h2 = [...h, { step: 15, eval_loss: 2 }];
+    assert.equal(nextBestCheckpoint(cfg, h2, dir, 20, path.join(dir, "checkpoint-5")), path.join(dir, "checkpoint-5"));
+    assert.equal(nextBestCheckpoint(cfg, h2, dir, 15, path.join(dir, "checkpoint-5")), path.join(dir, "checkpoint-15"));
+    assert.equal(nextBestCheckpoint({ training: { ...config.training } }, h2, dir, 15, null), null);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

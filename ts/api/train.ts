@@ -22,7 +22,7 @@ import { assertNoForeignCheckpoints, damagedCheckpoints, findLatestCheckpoint, l
 import { lockOutputDir } from "../train/output-lock.js";
 import { evaluateExamples, type EvalResult } from "../train/evaluate.js";
 import { runTrainingLoop, totalStepsFor, type LoopState } from "../train/loop.js";
-import { bestCheckpointDir, TrainerStateLog } from "../train/trainer-state.js";
+import { nextBestCheckpoint, TrainerStateLog } from "../train/trainer-state.js";
 import { totalFlos } from "../train/flos.js";
 import { stepsFrom } from "../train/schedule.js";
 import type { LogEntry, TrainEvents } from "../train/types.js";
@@ -170,7 +170,7 @@ async function trainInFolder(
     const evalShard = dp ? { rank: world.rank, worldSize: world.worldSize, reduce: world.allreduce } : undefined;
     const stateLog = new TrainerStateLog(outputDir);
     const totalSteps = totalStepsFor(config, loader.batchesPerEpoch());
-    const state: LoopState = { globalStep: 0, nonFiniteRun: 0, skippedSteps: 0, logHistory: [], sampler: loader.state(), logWindow: { lossSum: 0, steps: 0, tokens: 0 }, inputNumel: 0 };
+    const state: LoopState = { globalStep: 0, nonFiniteRun: 0, skippedSteps: 0, logHistory: [], sampler: loader.state(), logWindow: { lossSum: 0, steps: 0, tokens: 0 }, inputNumel: 0, bestModelCheckpoint: null };
     let initialEval: EvalResult | null = null;
 
     const resumeFrom = options.resume === "latest" ? findLatestCheckpoint(outputDir) : options.resume ? path.resolve(options.resume) : null;
@@ -215,6 +215,9 @@ async function trainInFolder(
       const w = ck.extra.logWindow as LoopState["logWindow"] | undefined;
       if (w) state.logWindow = { ...w };
       state.inputNumel = typeof ck.extra.inputNumel === "number" ? ck.extra.inputNumel : 0;
+      // (as transformers: a recorded best checkpoint that is gone is forgotten)
+      const best = ck.extra.bestModelCheckpoint;
+      state.bestModelCheckpoint = typeof best === "string" && existsSync(best) ? best : null;
       state.sampler = loader.state();
       info(`resumed from ${resumeFrom} at step ${ck.step}`);
     } else if (initAdapter) {
@@ -232,29 +235,41 @@ async function trainInFolder(
       options.onEval?.(entry);
     }
 
-    const writeLogs = async () => {
-      if (!world.isMain) return;
+    // what trainer_state.json holds, in the output folder and in every checkpoint
+    const stateInput = () => {
       // with max_steps the epochs the run spans (as transformers stores num_train_epochs)
       const spe = Math.max(1, Math.ceil(loader.batchesPerEpoch() / config.training.gradient_accumulation_steps));
-      const numTrainEpochs = config.training.max_steps > 0 ? Math.ceil(totalSteps / spe) : undefined;
-      await stateLog.write({ logHistory: state.logHistory, globalStep: state.globalStep, config, maxSteps: totalSteps, numTrainEpochs, totalFlos: totalFlos(model.arch, model.paramCount, state.inputNumel), loggingSteps: stepsFrom(config.training.logging_steps, totalSteps), evalSteps: stepsFrom(config.training.eval_steps, totalSteps), saveSteps: stepsFrom(config.training.save_steps, totalSteps) });
+      return {
+        logHistory: state.logHistory, config, maxSteps: totalSteps,
+        numTrainEpochs: config.training.max_steps > 0 ? Math.ceil(totalSteps / spe) : undefined,
+        totalFlos: totalFlos(model.arch, model.paramCount, state.inputNumel),
+        loggingSteps: stepsFrom(config.training.logging_steps, totalSteps),
+        evalSteps: stepsFrom(config.training.eval_steps, totalSteps),
+        saveSteps: stepsFrom(config.training.save_steps, totalSteps),
+        bestModelCheckpoint: state.bestModelCheckpoint,
+      };
+    };
+    const writeLogs = async () => {
+      if (!world.isMain) return;
+      await stateLog.write({ ...stateInput(), globalStep: state.globalStep });
       if (config.output.plot) await writePlots(outputDir, state.logHistory);
     };
     const saveCk = async (): Promise<string> => {
       if (!world.isMain) return path.join(outputDir, `checkpoint-${state.globalStep}`);
       const adapter = await model.getLora();
       const optimizer = await model.getOptimizerState();
+      state.bestModelCheckpoint = nextBestCheckpoint(config, state.logHistory, outputDir, state.globalStep, state.bestModelCheckpoint);
       return saveCheckpoint(outputDir, state.globalStep, {
         adapter,
         adapterConfig: loraConfigFor(config, config.model.name_or_path),
         optimizer,
         dataPosition: state.sampler,
-        logHistory: state.logHistory,
+        trainerState: stateInput(),
         skippedSteps: state.skippedSteps,
         seed: config.training.seed,
-        extra: { logWindow: state.logWindow, inputNumel: state.inputNumel },
+        extra: { logWindow: state.logWindow, inputNumel: state.inputNumel, bestModelCheckpoint: state.bestModelCheckpoint },
         saveTotalLimit: config.output.save_total_limit,
-        keepCheckpoint: bestCheckpointDir(config, state.logHistory, outputDir),
+        keepCheckpoint: state.bestModelCheckpoint,
       });
     };
 

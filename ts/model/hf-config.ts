@@ -75,7 +75,8 @@ export function parseHfConfig(cfg: Json, file = "config.json"): ModelArch {
     if (t !== "default") throw fmt(file, `${k}.rope_type ${JSON.stringify(t)} is not supported (only "default")`);
     // a default rope with scaling settings (e.g. {"factor": 4} without a type) would be read as
     // plain RoPE, which is not what the file asks for
-    const extra = Object.keys(o).filter((x) => !["rope_type", "type", "rope_theta"].includes(x) && !(x === "partial_rotary_factor" && o[x] === 1));
+    // (a scaling key that changes nothing, such as factor 1, is accepted as transformers accepts it)
+    const extra = Object.keys(o).filter((x) => !["rope_type", "type", "rope_theta"].includes(x) && !((x === "partial_rotary_factor" || x === "factor") && o[x] === 1));
     if (extra.length) throw fmt(file, `${k} has ${extra.map((x) => JSON.stringify(x)).join(", ")}: RoPE scaling is not supported (only the default RoPE with rope_theta)`);
   }
   const ropeTheta =

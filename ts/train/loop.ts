@@ -35,6 +35,8 @@ export interface LoopState {
   logWindow: { lossSum: number; steps: number; tokens: number };
   /** input positions (batch x padded length) of every micro-batch so far, all ranks: total_flos */
   inputNumel: number;
+  /** transformers' best_model_checkpoint (with training.metric_for_best_model), kept across a resume */
+  bestModelCheckpoint: string | null;
 }
 
 export interface LoopContext {

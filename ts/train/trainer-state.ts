@@ -51,6 +51,7 @@ export interface TrainerStateConfig {
     save_steps: number;
     metric_for_best_model?: string | null;
     greater_is_better?: boolean | null;
+    save_strategy?: string;
   };
 }
 
@@ -72,6 +73,9 @@ export interface TrainerStateInput {
   metricForBest?: string | null;
   /** undefined: config training.greater_is_better, else by the metric's name */
   greaterIsBetter?: boolean | null;
+  /** the run's best_model_checkpoint (nextBestCheckpoint); undefined: outputDir/checkpoint-<best
+   * step> when that folder exists */
+  bestModelCheckpoint?: string | null;
 }
 
 export const TRAINER_STATE_FILE = "trainer_state.json";
@@ -82,12 +86,14 @@ export function bestMetricName(metric: string): string {
 }
 
 /** The log entry with the best value of `metric` (null when none has it). greaterIsBetter null:
- * false for a loss or perplexity, true otherwise. */
+ * false for a loss or perplexity, true otherwise. The evaluation before training (step 0) is no
+ * candidate: transformers' eval_on_start does not compete for the best model either. */
 export function bestEntry(history: readonly LogHistoryEntry[], metric: string, greaterIsBetter: boolean | null = null): LogHistoryEntry | null {
   const name = bestMetricName(metric);
   const greater = greaterIsBetter ?? !/(loss|perplexity)$/.test(name);
   let best: LogHistoryEntry | null = null;
   for (const e of history) {
+    if (e.step === 0) continue;
     const v = e[name];
     if (typeof v !== "number" || !Number.isFinite(v)) continue;
     const b = best?.[name] as number | undefined;
@@ -96,11 +102,15 @@ export function bestEntry(history: readonly LogHistoryEntry[], metric: string, g
   return best;
 }
 
-/** The best model's checkpoint folder by training.metric_for_best_model (null without one). */
-export function bestCheckpointDir(config: TrainerStateConfig, history: readonly LogHistoryEntry[], outputDir: string): string | null {
+/** transformers' best_model_checkpoint when a checkpoint of step `savingStep` is being written:
+ * the best step's folder if that is this checkpoint or exists, else the previous value `current`
+ * (a best step without a checkpoint keeps the older one). Null without metric_for_best_model. */
+export function nextBestCheckpoint(config: TrainerStateConfig, history: readonly LogHistoryEntry[], outputDir: string, savingStep: number, current: string | null): string | null {
   const metric = config.training.metric_for_best_model ?? null;
   const best = metric === null ? null : bestEntry(history, metric, config.training.greater_is_better ?? null);
-  return best ? path.join(outputDir, `checkpoint-${best.step}`) : null;
+  if (!best) return current;
+  const dir = path.join(outputDir, `checkpoint-${best.step}`);
+  return best.step === savingStep || existsSync(dir) ? dir : current;
 }
 
 /** Builds the TrainerState object. With a metric for the best model (training.metric_for_best_model),
@@ -111,13 +121,16 @@ export function buildTrainerState(input: TrainerStateInput, outputDir?: string):
   const history = input.logHistory.map((e) => ({ ...e }));
   const metric = input.metricForBest !== undefined ? input.metricForBest : (t?.metric_for_best_model ?? null);
   const best = metric === null ? null : bestEntry(history, metric, input.greaterIsBetter !== undefined ? input.greaterIsBetter : (t?.greater_is_better ?? null));
-  const bestCk = best && outputDir ? path.join(outputDir, `checkpoint-${best.step}`) : null;
+  const derived = best && outputDir ? path.join(outputDir, `checkpoint-${best.step}`) : null;
+  const bestCk = input.bestModelCheckpoint !== undefined ? input.bestModelCheckpoint : derived && existsSync(derived) ? derived : null;
+  // transformers records best_global_step only when checkpoints are saved
+  const savesCheckpoints = (t?.save_strategy ?? "steps") !== "no";
   const maxSteps = input.maxSteps ?? (t && t.max_steps > 0 ? t.max_steps : 0);
   const last = history.length ? history[history.length - 1] : undefined;
   return {
-    best_global_step: best ? best.step : null,
+    best_global_step: best && savesCheckpoints ? best.step : null,
     best_metric: best && metric !== null ? (best[bestMetricName(metric)] as number) : null,
-    best_model_checkpoint: bestCk && existsSync(bestCk) ? bestCk : null,
+    best_model_checkpoint: metric === null ? null : bestCk,
     epoch: last?.epoch ?? null,
     eval_steps: input.evalSteps ?? t?.eval_steps ?? 500,
     global_step: input.globalStep,
