@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { test } from "node:test";
-import { assertNoForeignCheckpoints, findLatestCheckpoint, foreignCheckpointEntries, listCheckpoints, loadCheckpoint, saveCheckpoint, verifyCheckpoint } from "../dist/train/checkpoint.js";
+import { assertNoForeignCheckpoints, deleteCheckpointsExcept, findLatestCheckpoint, foreignCheckpointEntries, listCheckpoints, loadCheckpoint, saveCheckpoint, verifyCheckpoint } from "../dist/train/checkpoint.js";
 
 const MODULE = "base_model.model.model.layers.0.self_attn.q_proj";
 
@@ -109,6 +109,9 @@ test("save_total_limit keeps the newest, deletes oldest first, never the one jus
     assert.deepEqual(listCheckpoints(dir).map((c) => c.step), [70, 50]);
     await saveCheckpoint(dir, 80, { ...stateFor(80), saveTotalLimit: 2, keepCheckpoint: best });
     assert.deepEqual(listCheckpoints(dir).map((c) => c.step), [80, 50]);
+    // the end of a run with limit 1 and a best model: the best alone
+    assert.deepEqual(await deleteCheckpointsExcept(dir, best), [path.join(dir, "checkpoint-80")]);
+    assert.deepEqual(readdirSync(dir), ["checkpoint-50"]);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

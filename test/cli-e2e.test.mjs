@@ -83,6 +83,7 @@ test("train --json writes the adapter, logs, plots and checkpoints; eval reprodu
   const ck3 = JSON.parse(readFileSync(path.join(out, "checkpoint-3", "trainer_state.json"), "utf8"));
   assert.deepEqual([ck3.global_step, ck3.max_steps, ck3.logging_steps, ck3.eval_steps, ck3.save_steps], [3, 6, 2, 3, 3]);
   assert.ok(ck3.total_flos > 0 && ck3.total_flos === state.total_flos / 2, `${ck3.total_flos} vs ${state.total_flos}`);
+  assert.equal(ck3.epoch, state.log_history.find((e) => e.step === 3 && e.eval_loss !== undefined).epoch, "the epoch at step 3, not the last log entry's");
   // the test split after the last step, in the summary and the log history
   const tests = state.log_history.filter((e) => e.test_loss !== undefined);
   assert.deepEqual(tests.map((e) => e.step), [6]);

@@ -175,13 +175,14 @@ test("a UTF-8 byte order mark stays text, as Python's open(encoding='utf-8') rea
   assert.deepEqual((await readSplitRows({ split: "train", format: "txt", files: [join(dir, "train.txt")] }, "text")).rows, ["\ufeffhello", "world"]);
 });
 
-test(".txt lines split as the HF text loader splits them (universal newlines, then str.splitlines); keep_linebreaks keeps the breaks", async (t) => {
-  // Python: open(f, encoding="utf-8").read().splitlines(keepends=k) on this text gives these rows
+test(".txt lines split as datasets' text loader splits them (universal newlines, then at \\n only); keep_linebreaks keeps the breaks", async (t) => {
+  // datasets 5 (packaged_modules/text): StringIO(open(f, encoding="utf-8").read()).readlines(),
+  // rstrip("\n") without keep_linebreaks; \f, \v, U+2028, \x85 stay inside a row
   const text = "one\r\ntwo\rthree\x0bfour\x0cfive\u2028six\x85seven\nlast\x0c";
   const dir = writeTree(tempDir(t), { "train.txt": text, "wiki.train.raw": "a\rb\r\nc\n" });
   const txt = { split: "train", format: "txt", files: [join(dir, "train.txt")] };
-  assert.deepEqual((await readSplitRows(txt, "text")).rows, ["one", "two", "three", "four", "five", "six", "seven", "last"]);
-  assert.deepEqual((await readSplitRows(txt, "text", { keepLinebreaks: true })).rows, ["one\n", "two\n", "three\x0b", "four\x0c", "five\u2028", "six\x85", "seven\n", "last\x0c"]);
+  assert.deepEqual((await readSplitRows(txt, "text")).rows, ["one", "two", "three\x0bfour\x0cfive\u2028six\x85seven", "last\x0c"]);
+  assert.deepEqual((await readSplitRows(txt, "text", { keepLinebreaks: true })).rows, ["one\n", "two\n", "three\x0bfour\x0cfive\u2028six\x85seven\n", "last\x0c"]);
   // wikitext raw (the dataset script iterates the file: line breaks only, universal newlines)
   const raw = { split: "train", format: "wikitext-raw", files: [join(dir, "wiki.train.raw")] };
   assert.deepEqual((await readSplitRows(raw, "text")).rows, ["a\n", "b\n", "c\n"]);
@@ -226,7 +227,7 @@ test("line files stream in blocks: tiny blocks give the same rows, errors keep t
     await assert.rejects(read("txt", "bad.txt"), { message: `${join(dir, "bad.txt")}: invalid UTF-8 at line 3 (byte 19); the data files must be UTF-8 text` });
   }
   assert.deepEqual(want.raw.rows, ["\ufeffalpha\n", "beta gamma delta epsilon\n", "zeta 東京 🙂\n", "", "η θ\x0cιota\n", "{\"text\": \"x\"}\n", "last"]);
-  // Python: open(f, encoding="utf-8").read().splitlines()
-  assert.deepEqual(want.txt.rows, ["\ufeffalpha", "beta gamma delta epsilon", "zeta 東京 🙂", "", "η θ", "ιota", "{\"text\": \"x\"}", "last"]);
+  // datasets' text loader: StringIO(text).readlines(), "\\n" stripped
+  assert.deepEqual(want.txt.rows, ["\ufeffalpha", "beta gamma delta epsilon", "zeta 東京 🙂", "", "η θ\x0cιota", "{\"text\": \"x\"}", "last"]);
   assert.equal(want.txt.bytes, Buffer.byteLength(text));
 });

@@ -18,7 +18,7 @@ import { loadModel, type LoraTarget, type QwenModel } from "../model/index.js";
 import { native } from "../native.js";
 import { writePlots } from "../report/index.js";
 import { adapterTargets, readAdapter, writeAdapter } from "../train/adapter.js";
-import { assertNoForeignCheckpoints, damagedCheckpoints, findLatestCheckpoint, loadCheckpoint, saveCheckpoint } from "../train/checkpoint.js";
+import { assertNoForeignCheckpoints, damagedCheckpoints, deleteCheckpointsExcept, findLatestCheckpoint, loadCheckpoint, saveCheckpoint } from "../train/checkpoint.js";
 import { lockOutputDir } from "../train/output-lock.js";
 import { evaluateExamples, type EvalResult } from "../train/evaluate.js";
 import { runTrainingLoop, totalStepsFor, type LoopState } from "../train/loop.js";
@@ -170,7 +170,7 @@ async function trainInFolder(
     const evalShard = dp ? { rank: world.rank, worldSize: world.worldSize, reduce: world.allreduce } : undefined;
     const stateLog = new TrainerStateLog(outputDir);
     const totalSteps = totalStepsFor(config, loader.batchesPerEpoch());
-    const state: LoopState = { globalStep: 0, nonFiniteRun: 0, skippedSteps: 0, logHistory: [], sampler: loader.state(), logWindow: { lossSum: 0, steps: 0, tokens: 0 }, inputNumel: 0, bestModelCheckpoint: null };
+    const state: LoopState = { globalStep: 0, nonFiniteRun: 0, skippedSteps: 0, logHistory: [], sampler: loader.state(), logWindow: { lossSum: 0, steps: 0, tokens: 0 }, inputNumel: 0, bestModelCheckpoint: null, epoch: 0 };
     let initialEval: EvalResult | null = null;
 
     const resumeFrom = options.resume === "latest" ? findLatestCheckpoint(outputDir) : options.resume ? path.resolve(options.resume) : null;
@@ -247,6 +247,7 @@ async function trainInFolder(
         evalSteps: stepsFrom(config.training.eval_steps, totalSteps),
         saveSteps: stepsFrom(config.training.save_steps, totalSteps),
         bestModelCheckpoint: state.bestModelCheckpoint,
+        epoch: state.epoch,
       };
     };
     const writeLogs = async () => {
@@ -291,6 +292,10 @@ async function trainInFolder(
       saveCheckpoint: saveCk,
       writeLogs,
     });
+
+    // as transformers ends a run with save_total_limit 1 and a best model: only that checkpoint stays
+    if (result.stoppedBy === "completed" && world.isMain && config.output.save_total_limit === 1 && state.bestModelCheckpoint && existsSync(state.bestModelCheckpoint))
+      await deleteCheckpointsExcept(outputDir, state.bestModelCheckpoint);
 
     // the final test evaluation (data.test_split), logged as transformers names predict metrics
     let testEval: EvalResult | null = null;

@@ -2,8 +2,9 @@
 //   wikitext raw: one row per line, line break kept ("text\n"), blank lines become "" (as the
 //                 wikitext dataset script and its parquet copy have them)
 //   txt:          one row per line, line break dropped (the HF "text" loader; kept with
-//                 data.keep_linebreaks, as run_clm.py asks it to), lines split where Python's
-//                 str.splitlines splits (also \v, \f, \x1c-\x1e, \x85, U+2028, U+2029)
+//                 data.keep_linebreaks, as run_clm.py asks it to); lines end at \n only, after
+//                 universal newlines, as datasets' loader reads them (StringIO.readlines: \f,
+//                 U+2028 and the other str.splitlines separators stay inside a row)
 // Files are read as Python's open(encoding="utf-8") reads them: universal newlines (\r\n and a
 // lone \r are line breaks) and a byte-order mark kept as U+FEFF text.
 //   jsonl:        one row per non-blank line, the string in `text_field`
@@ -95,9 +96,8 @@ function findInvalidUtf8(buf: Uint8Array, firstLine: number, base: number): { li
   return { line, offset: base + buf.length };
 }
 
-// Python's universal newlines, then str.splitlines' other separators (text files only).
+// Python's universal newlines: \r\n and a lone \r read as \n.
 const UNIVERSAL_NL = /\r\n?/g;
-const SPLITLINES = /([\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029])/;
 
 interface LineBlock {
   lines: string[];
@@ -168,26 +168,15 @@ function hasText(s: string): boolean {
   return s.trim() !== "";
 }
 
-/** wikitext raw: rows split at line breaks only, "\n" kept. txt (`splitlines`): also at
- * str.splitlines' other separators, each kept when `keepBreak`. */
-async function readLinesFile(file: string, keepBreak: boolean, splitlines: boolean, out: SplitRows, keepBlank: boolean): Promise<void> {
-  // wikitext (no splitlines): a blank line is "" as the dataset script gives it; txt: a blank line
-  // as is with keepBlank (the HF text loader), else ""
-  const push = (line: string, brk: string) => {
-    const text = hasText(line);
-    if (text) out.textRows++;
-    out.rows.push(!text && !(splitlines && keepBlank) ? "" : keepBreak ? line + brk : line);
-  };
+/** One row per line; the "\n" kept when `keepBreak`. wikitext: a blank line is "" as the dataset
+ * script gives it; txt: a blank line as is with keepBlank (the HF text loader), else "". */
+async function readLinesFile(file: string, keepBreak: boolean, wikitext: boolean, out: SplitRows, keepBlank: boolean): Promise<void> {
   for await (const block of lineBlocks(file, out)) {
     block.lines.forEach((line, i) => {
       const brk = block.last && i === block.lines.length - 1 && !block.endsWithBreak ? "" : "\n";
-      if (!splitlines) return push(line, brk);
-      const parts = line.split(SPLITLINES); // text, separator, text, ...
-      for (let k = 0; k < parts.length; k += 2) {
-        // "a\x0c" at the end of the file: no empty line after the separator (Python agrees)
-        if (k === parts.length - 1 && parts[k] === "" && k > 0 && brk === "") break;
-        push(parts[k], k + 1 < parts.length ? parts[k + 1] : brk);
-      }
+      const text = hasText(line);
+      if (text) out.textRows++;
+      out.rows.push(!text && (wikitext || !keepBlank) ? "" : keepBreak ? line + brk : line);
     });
   }
 }
@@ -291,10 +280,10 @@ export async function readSplitRows(source: SplitSource, textField: string, opti
   for (const file of source.files) {
     switch (source.format) {
       case "wikitext-raw":
-        await readLinesFile(file, true, false, out, keepBlank);
+        await readLinesFile(file, true, true, out, keepBlank);
         break;
       case "txt":
-        await readLinesFile(file, options.keepLinebreaks === true, true, out, keepBlank);
+        await readLinesFile(file, options.keepLinebreaks === true, false, out, keepBlank);
         break;
       case "jsonl":
         await readJsonl(file, textField, out, keepBlank);

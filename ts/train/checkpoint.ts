@@ -308,6 +308,21 @@ export async function rotateCheckpoints(outputDir: string, limit: number | null 
   return removed;
 }
 
+/** Deletes every complete checkpoint but `keep` (transformers' end of training with
+ * save_total_limit 1 and a best model: only the best checkpoint stays). */
+export async function deleteCheckpointsExcept(outputDir: string, keep: string): Promise<string[]> {
+  const removed: string[] = [];
+  for (const c of listCheckpoints(outputDir)) {
+    if (path.resolve(c.path) === path.resolve(keep)) continue;
+    const doomed = `${c.path}.del-${randomBytes(6).toString("hex")}`;
+    await rename(c.path, doomed);
+    await rm(doomed, { recursive: true, force: true });
+    removed.push(c.path);
+  }
+  if (removed.length) await syncDir(outputDir);
+  return removed;
+}
+
 /** Verifies every file against the manifest (sizes and sha256); throws E_FORMAT naming the problem. */
 export async function verifyCheckpoint(dir: string): Promise<void> {
   const problem = checkManifestSync(dir);

@@ -37,6 +37,8 @@ export interface LoopState {
   inputNumel: number;
   /** transformers' best_model_checkpoint (with training.metric_for_best_model), kept across a resume */
   bestModelCheckpoint: string | null;
+  /** transformers' state.epoch after the last step (whole epochs + share of this one's batches) */
+  epoch?: number;
 }
 
 export interface LoopContext {
@@ -103,6 +105,7 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
   const saveEvery = t.save_strategy === "steps" ? stepsFrom(t.save_steps, totalSteps) : t.save_strategy === "epoch" ? stepsPerEpoch : 0;
   // transformers' epoch value: whole epochs done + micro-batches of this one / batches per epoch
   let epochNow = state.globalStep / stepsPerEpoch;
+  state.epoch = epochNow;
   const patience = config.advanced.nonfinite_patience;
 
   events.onStart?.({ totalSteps, startStep: state.globalStep, effectiveBatch: t.per_device_train_batch_size * K * ctx.dataParallel, paramCount: model.paramCount, device: ctx.device });
@@ -180,6 +183,7 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
       state.nonFiniteRun = 0;
     }
     state.globalStep++;
+    state.epoch = epochNow;
     state.inputNumel += stepNumel;
     state.sampler = loader.state();
     const stepLoss = r.tokens > 0 ? r.lossSum / r.tokens : NaN;

@@ -76,6 +76,8 @@ export interface TrainerStateInput {
   /** the run's best_model_checkpoint (nextBestCheckpoint); undefined: outputDir/checkpoint-<best
    * step> when that folder exists */
   bestModelCheckpoint?: string | null;
+  /** state.epoch now; default: the last log entry's */
+  epoch?: number;
 }
 
 export const TRAINER_STATE_FILE = "trainer_state.json";
@@ -131,7 +133,7 @@ export function buildTrainerState(input: TrainerStateInput, outputDir?: string):
     best_global_step: best && savesCheckpoints ? best.step : null,
     best_metric: best && metric !== null ? (best[bestMetricName(metric)] as number) : null,
     best_model_checkpoint: metric === null ? null : bestCk,
-    epoch: last?.epoch ?? null,
+    epoch: input.epoch ?? last?.epoch ?? null,
     eval_steps: input.evalSteps ?? t?.eval_steps ?? 500,
     global_step: input.globalStep,
     is_hyper_param_search: false,
