@@ -1,6 +1,6 @@
 // train(): the library entry behind `qlora-native train`. Resolves the config, device, model and
 // data; loads the model with NF4 base weights and LoRA; runs the loop (ts/train/loop.ts) with
-// evaluation before and after, checkpoints and resume; writes the adapter (PEFT format),
+// evaluation before (training.eval_on_start) and after, checkpoints and resume; writes the adapter (PEFT format),
 // trainer_state.json, plots and config.resolved.yaml into output.dir.
 import { existsSync, mkdirSync } from "node:fs";
 import os from "node:os";

@@ -72,7 +72,7 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
       .option("device", { type: "string", describe: "cpu, cuda, cuda:N or auto (same as --set advanced.device=...)" })
       .option("adapter", { type: "string", describe: "continue training from a PEFT adapter folder (ours or PEFT-made): same as --set lora.init_adapter=DIR" })
       .option("json", { type: "boolean", default: false, describe: "print a JSON summary only" })
-      .option("nproc", { type: "number", describe: "data parallel: run N ranks (starts mpirun -n N for you; one GPU or an equal share of the cores each)" })
+      .option("nproc", { type: "number", describe: "data parallel: run N ranks (starts mpirun -n N for you; one GPU or an equal share of the cores each; at most 4 per core without --hostfile; Ctrl-C or SIGTERM stops with a checkpoint, exit 130 / 143)" })
       .option("hostfile", { type: "string", describe: "with --nproc: an Open MPI hostfile for a multi-node run" })
       .example("$0 train", "run the embedded demo (tiny Qwen2 model, real tokenizer, CPU)")
       .example("$0 train --config configs/qwen2.5-3b-wikitext2.yaml", "the flagship job")

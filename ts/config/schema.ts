@@ -45,7 +45,7 @@ export const SCHEMA: ConfigSchema = {
     text_field: str("text", "Field holding the text in .jsonl and parquet files."),
     keep_linebreaks: bool(false, "Keep each line's line break in .txt rows (what run_clm.py's keep_linebreaks asks of the HF text loader); false drops it, as the loader does by default."),
     max_length: int(512, "Tokens per training sequence: rows are truncated to it (padding mode) or cut into blocks of it (packing). 512 holds every WikiText-2 validation paragraph whole (the longest has 503 Qwen tokens).", { min: 2, max: 131072 }),
-    packing: bool(false, "Join rows with EOS and cut into full max_length blocks (no padding) instead of one padded row per sequence."),
+    packing: bool(false, "Pack rows into full max_length blocks, no padding (how rows are joined and grouped: packing_separator, packing_group_rows), instead of one padded row per sequence."),
     packing_separator: oneOf(["eos", "none"] as const, "eos", "With packing: eos puts an EOS token between rows (blank rows left out); none concatenates the tokens of every row, whitespace rows included, as run_clm.py's group_texts does."),
     packing_group_rows: nullable(int(1000, "", { min: 1 }), null, "With packing: null packs the whole split as one stream (only its last partial block dropped); N packs every N rows on their own and drops each group's partial block, as run_clm.py's group_texts under datasets.map(batched=True) does (its batch is 1000 rows; with packing_separator none that gives run_clm's exact blocks)."),
     padding: oneOf(["max_length", "longest"] as const, "max_length", "Pad each batch to max_length (as the seed formulation does) or to its longest row (same loss, less compute)."),
@@ -84,8 +84,8 @@ export const SCHEMA: ConfigSchema = {
     eval_strategy: oneOf(["no", "steps", "epoch"] as const, "steps", "When to evaluate on data.eval_split: every eval_steps, every epoch, or never."),
     eval_steps: stepsOrFraction(500, "Evaluate every N optimizer steps (eval_strategy steps; below 1: that fraction of the total steps, rounded up)."),
     eval_on_start: bool(true, "Evaluate once before the first step (a step-0 eval entry; not on a resume). transformers' default is false; ours is true so a run reports its loss before and after."),
-    metric_for_best_model: nullable(oneOf(["eval_loss", "loss", "eval_perplexity", "perplexity"] as const, "eval_loss", ""), null, "Eval metric that picks best_metric / best_global_step / best_model_checkpoint in trainer_state.json (eval_loss, eval_perplexity; \"loss\" means eval_loss), and whose best checkpoint save_total_limit never deletes, as transformers does; null leaves them null (transformers' default)."),
-    greater_is_better: nullable(bool(false, ""), null, "Whether a larger metric_for_best_model is better; null: false for metrics ending in loss or perplexity, true otherwise (transformers: not ending in loss)."),
+    metric_for_best_model: nullable(oneOf(["eval_loss", "loss", "eval_perplexity", "perplexity"] as const, "eval_loss", ""), null, "Eval metric that picks best_metric / best_global_step / best_model_checkpoint in trainer_state.json (eval_loss or eval_perplexity; \"loss\" and \"perplexity\" mean those), and whose best checkpoint save_total_limit never deletes, as transformers does; null leaves them null (transformers' default)."),
+    greater_is_better: nullable(bool(false, ""), null, "Whether a larger metric_for_best_model is better; null: false (lower loss and perplexity are better; transformers' default is true for any metric not ending in loss, which would pick the worst perplexity)."),
     save_strategy: oneOf(["no", "steps", "epoch"] as const, "steps", "When to write checkpoint-N/ folders: every save_steps, every epoch, or never."),
     save_steps: stepsOrFraction(500, "Save a checkpoint every N optimizer steps (save_strategy steps; below 1: that fraction of the total steps, rounded up)."),
     seed: int(42, "Seed for LoRA initialization, dropout and (unless data_seed is set) data order.", { min: 0, max: 4294967295 }),
@@ -94,7 +94,7 @@ export const SCHEMA: ConfigSchema = {
   },
   output: {
     dir: str("outputs/qwen2.5-3b-wikitext2", "Output folder: adapter, trainer_state.json, curves, config.resolved.yaml, checkpoints."),
-    save_total_limit: nullable(int(1, "", { min: 1 }), 2, "Keep at most N checkpoint folders (oldest deleted first); null keeps all."),
+    save_total_limit: nullable(int(1, "", { min: 1 }), 2, "Keep at most N checkpoint folders, deleting the oldest first; the best checkpoint (training.metric_for_best_model) is never deleted, so N + 1 can remain (with N = 1 only it remains after the last step, as in transformers); null keeps all."),
     plot: bool(true, "Write training_curves.html and training_curves.svg."),
   },
   advanced: {

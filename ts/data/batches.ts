@@ -1,10 +1,12 @@
 // From token ids to training batches, as the seed formulation describes.
-// Padding mode: each row is one example, truncated to maxLength; a batch pads its rows on the
+// Padding mode: each non-blank row is one example, truncated to maxLength; a batch pads its rows on the
 // right with the pad id to maxLength (or to its longest row), attention_mask is 1 on real tokens,
 // and labels = input_ids with -100 wherever the mask is 0. Padding is decided by the mask, never
 // by token id: Qwen's pad token <|endoftext|> is also its EOS and can appear inside real text.
-// Packing mode: rows are joined with EOS between them and cut into full maxLength blocks; the
-// incomplete tail is dropped; the mask is all ones and labels = input_ids.
+// Packing mode: rows are joined with EOS between them (blank rows left out) or concatenated
+// (separator "none", run_clm.py's group_texts), as one stream or in groups of groupRows rows, and
+// cut into full maxLength blocks; each stream's or group's incomplete last block is dropped; the
+// mask is all ones and labels = input_ids.
 // Labels are not shifted here: position t's label is input_ids[t] and the loss predicts labels[t+1]
 // from position t (the Hugging Face convention).
 

@@ -8,7 +8,8 @@
 // the folder is fsynced and renamed to checkpoint-N, then the parent is fsynced: a kill at any
 // moment leaves the previous checkpoints intact, and a folder without a valid manifest is never
 // taken for a checkpoint. save_total_limit rotation deletes the oldest complete checkpoints (never
-// the one just written), each renamed away before it is removed.
+// the one just written, nor the best model's), each renamed away before it is removed. A
+// checkpoint-N entry that is not one of ours (no manifest.json) is never replaced.
 import { createHash, randomBytes } from "node:crypto";
 import { createReadStream, existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { mkdir, readFile, rename, rm } from "node:fs/promises";

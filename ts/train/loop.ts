@@ -242,7 +242,8 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
     await ctx.writeLogs();
     // As transformers does: the last step is checkpointed too (after its evaluation, so the
     // checkpoint's log history has it), so --resume latest with a larger max_steps continues
-    // from here and not from the last interval.
+    // from here and not from the last interval (unless save_total_limit 1 with a best model then
+    // keeps only the best checkpoint, as transformers does: ts/api/train.ts).
     if (saveEvery > 0 && state.globalStep > startStep) {
       const dir = await ctx.saveCheckpoint("final");
       events.onSave?.(dir);

@@ -116,8 +116,9 @@ export function nextBestCheckpoint(config: TrainerStateConfig, history: readonly
 }
 
 /** Builds the TrainerState object. With a metric for the best model (training.metric_for_best_model),
- * best_* follow its best value in the log history and best_model_checkpoint is
- * outputDir/checkpoint-<best step> when that folder exists; without one they are null. */
+ * best_* follow its best value in the log history (step 0 left out); best_model_checkpoint is the
+ * run's tracked one (input.bestModelCheckpoint, moved only at saves: nextBestCheckpoint), or when
+ * none is given outputDir/checkpoint-<best step> if that folder exists; without a metric all null. */
 export function buildTrainerState(input: TrainerStateInput, outputDir?: string): TrainerStateJson {
   const t = input.config?.training;
   const history = input.logHistory.map((e) => ({ ...e }));

@@ -65,7 +65,7 @@ export function hfRows(split) {
   return MINI_SPLITS[split].map((l) => (l.trim() ? l + "\n" : ""));
 }
 
-/** The rows with text, as the pipeline keeps them. */
+/** The rows with text: those that become examples in padding mode. */
 export function textRows(split) {
   return hfRows(split).filter((r) => r.trim() !== "");
 }
