@@ -49,6 +49,16 @@ const targetsOf = (b) => {
   return n;
 };
 
+/** A model whose steps report a loss of 1 per target (grad norm `gradNorm`); evalLoss as given. */
+const unitLossModel = ({ gradNorm = 0.5, evalLoss = async () => ({ lossSum: 0, tokens: 1 }) } = {}) => ({
+  paramCount: 10,
+  async trainStep(micro) {
+    const tokens = micro.reduce((s, b) => s + targetsOf(b), 0);
+    return { lossSum: tokens, tokens, gradNorm, nonFinite: false, skipped: false };
+  },
+  evalLoss,
+});
+
 test("one native call per step with gradScale = 1 / targets of the whole window, lr from the schedule", async () => {
   const calls = [];
   const model = {
@@ -79,13 +89,7 @@ test("one native call per step with gradScale = 1 / targets of the whole window,
 });
 
 test("logging_steps / save_steps below 1 are fractions of the total steps (ceil), as transformers; input positions counted", async () => {
-  const model = {
-    paramCount: 10,
-    async trainStep(micro) {
-      const tokens = micro.reduce((s, b) => s + targetsOf(b), 0);
-      return { lossSum: tokens, tokens, gradNorm: 0.5, nonFinite: false, skipped: false };
-    },
-  };
+  const model = unitLossModel();
   const { ctx, logs, saved } = setup({ max_steps: 10, gradient_accumulation_steps: 1, logging_steps: 0.25, save_strategy: "steps", save_steps: 0.5 }, model);
   await runTrainingLoop(ctx);
   assert.deepEqual(logs.map((e) => e.step), [3, 6, 9]);
@@ -97,17 +101,12 @@ test("an abort during an evaluation keeps the steps done: the loop saves a check
   for (const [evalSteps, abortAtEval, step] of [[2, 1, 2], [10, 1, 5]]) {
     const controller = new AbortController();
     let evals = 0;
-    const model = {
-      paramCount: 10,
-      async trainStep(micro) {
-        const tokens = micro.reduce((s, b) => s + targetsOf(b), 0);
-        return { lossSum: tokens, tokens, gradNorm: 0.5, nonFinite: false, skipped: false };
-      },
+    const model = unitLossModel({
       async evalLoss() {
         if (++evals === abortAtEval) controller.abort();
         return { lossSum: 1, tokens: 1 };
       },
-    };
+    });
     const { ctx, saved } = setup({ max_steps: 5, gradient_accumulation_steps: 1, eval_strategy: "steps", eval_steps: evalSteps, save_strategy: "steps", save_steps: 100 }, model);
     ctx.evalSet = ctx.loader.examples;
     ctx.signal = controller.signal;
@@ -161,16 +160,7 @@ test("an aborted run saves a checkpoint and reports it", async () => {
 });
 
 test("interval checkpoints (and the last step's) are written even with no onSave listener", async () => {
-  const model = {
-    paramCount: 1,
-    async trainStep(micro) {
-      const tokens = micro.reduce((s, b) => s + targetsOf(b), 0);
-      return { lossSum: tokens, tokens, gradNorm: 1, nonFinite: false, skipped: false };
-    },
-    async evalLoss() {
-      return { lossSum: 0, tokens: 1 };
-    },
-  };
+  const model = unitLossModel({ gradNorm: 1 });
   const { ctx, saved } = setup({ max_steps: 5, save_strategy: "steps", save_steps: 2 }, model);
   await runTrainingLoop(ctx);
   // steps 2 and 4, then the last step (5) as transformers saves it
