@@ -110,6 +110,20 @@ test("train --json writes the adapter, logs, plots and checkpoints; eval reprodu
   assert.equal(stateB.total_flos, state.total_flos, "total_flos carries over a resume");
   assert.deepEqual(stateB.log_history.filter((x) => x.loss !== undefined && x.step > 3).map((x) => [x.step, x.loss, x.grad_norm]), logs.filter((x) => x.step > 3).map((x) => [x.step, x.loss, x.grad_norm]));
 
+  // resumed at its last step: nothing to train, no second evaluation there, the summary with the
+  // whole run's train_loss (carried in the checkpoint); a checkpoint past max_steps is refused
+  const outC = path.join(work, "run-c");
+  cpSync(path.join(out, "checkpoint-6"), path.join(outC, "checkpoint-6"), { recursive: true });
+  const rc = run("train", "--config", writeConfig("c", outC), "--resume", "latest", "--json");
+  assert.equal(rc.status, 0, rc.stderr);
+  const stateC = JSON.parse(readFileSync(path.join(outC, "trainer_state.json"), "utf8"));
+  assert.deepEqual(stateC.log_history.filter((e) => e.eval_loss !== undefined).map((e) => e.step), [0, 3, 6]);
+  assert.ok(Math.abs(stateC.log_history.at(-1).train_loss - summary.train_loss) < 1e-12, `${stateC.log_history.at(-1).train_loss} vs ${summary.train_loss}`);
+  assert.ok(existsSync(path.join(outC, "adapter_model.safetensors")));
+  const past = run("train", "--config", writeConfig("c", outC), "--resume", "latest", "--set", "training.max_steps=4");
+  assert.equal(past.status, 2, past.stderr);
+  assert.match(past.stderr, /it is at step 6, past this run's last step 4.*\[E_CONFIG\]/);
+
   // merge into a bf16 HF checkpoint
   const merged = path.join(work, "merged");
   const m = run("merge", "--adapter", out, "--out", merged, "--json");
@@ -193,6 +207,29 @@ test("file-system errors are E_IO with a plain reason; data with nothing to pred
   const d = run("train", "--config", writeConfig("tiny", path.join(work, "run-tiny")), "--set", `data.path=${tiny}`, "--set", "data.packing=false", "--set", "data.eval_split=null", "--set", "data.test_split=null", "--set", "training.eval_strategy=no");
   assert.equal(d.status, 2, d.stderr);
   assert.match(d.stderr, /no tokens to predict.*\[E_DATA\]/);
+  // a test split that would fail only after training is refused before the model loads
+  const t1 = run("train", "--config", writeConfig("tiny-test", path.join(work, "run-tiny-test")), "--set", `data.test_split=${path.join(tiny, "train.txt")}`, "--set", "data.packing=false");
+  assert.equal(t1.status, 2, t1.stderr);
+  assert.match(t1.stderr, /the test split \(data.test_split .*\) has no tokens to predict/);
+  assert.doesNotMatch(t1.stdout, /loading /);
+});
+
+test("Ctrl-C during the test split evaluation: the run stops (abort) and --resume latest finishes it", async () => {
+  const { train, loadConfig } = await import("../dist/index.js");
+  const out = path.join(work, "run-test-abort");
+  const cfg = writeConfig("test-abort", out, "");
+  const config = await loadConfig(cfg, { set: ["training.max_steps=2", "training.save_steps=2", "training.eval_on_start=false"] });
+  const ac = new AbortController();
+  const r = await train({ config, signal: ac.signal, onInfo: (l) => l.startsWith("evaluating the test split") && ac.abort() });
+  assert.equal(r.stoppedBy, "abort");
+  assert.equal(r.testEval, null);
+  assert.ok(!existsSync(path.join(out, "adapter_model.safetensors")), "the run is not finished");
+  const again = await train({ config: await loadConfig(cfg, { set: ["training.max_steps=2", "training.save_steps=2", "training.eval_on_start=false", "training.resume_from_checkpoint=true"] }) });
+  assert.equal(again.stoppedBy, "completed");
+  assert.ok(again.testEval && Number.isFinite(again.testEval.eval_loss));
+  const state = JSON.parse(readFileSync(path.join(out, "trainer_state.json"), "utf8"));
+  assert.deepEqual(state.log_history.filter((e) => e.eval_loss !== undefined).map((e) => e.step), [2], "the final eval is not repeated");
+  assert.ok(existsSync(path.join(out, "adapter_model.safetensors")));
 });
 
 test("training.eval_on_start false: no step-0 evaluation; a last step between logging_steps is only in the summary", () => {

@@ -2,7 +2,7 @@
 // on a split of the configured data set. Behind `qlora-native eval`.
 import { loadConfig, validateConfig } from "../config/load.js";
 import type { ResolvedConfig } from "../config/types.js";
-import { buildExampleSets } from "../data/loader.js";
+import { assertHasTargets, buildExampleSets } from "../data/loader.js";
 import { prepareDataset } from "../data/prepare.js";
 import { resolveDevice } from "../device.js";
 import { QloraError } from "../errors.js";
@@ -48,6 +48,7 @@ export async function evaluate(options: EvaluateOptions = {}): Promise<EvalResul
   const sets = buildExampleSets(prepared, config);
   const examples = split === "test" ? sets.test : sets.eval;
   if (!examples) throw new QloraError("E_DATA", `the data set has no ${split} split (data.${split === "test" ? "test_split" : "eval_split"})`);
+  assertHasTargets(examples, `${split} split`, config);
   const { model, session } = await openModelFor(config, device, info);
   try {
     if (adapter) {

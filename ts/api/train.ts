@@ -9,7 +9,7 @@ import { loadConfig, validateConfig } from "../config/load.js";
 import { resolveModelPath } from "../config/resolve-model.js";
 import { saveResolvedConfig } from "../config/save.js";
 import type { ResolvedConfig } from "../config/types.js";
-import { buildExampleSets, TrainLoader } from "../data/loader.js";
+import { assertHasTargets, buildExampleSets, TrainLoader } from "../data/loader.js";
 import { prepareDataset } from "../data/prepare.js";
 import { resolveDevice } from "../device.js";
 import { QloraError } from "../errors.js";
@@ -45,7 +45,8 @@ export interface TrainResult {
   adapterDir: string;
   globalStep: number;
   totalSteps: number;
-  /** mean loss over the steps this run took (transformers' train_loss); NaN when none ran */
+  /** transformers' train_loss: the mean step loss since step 0 (carried over a resume, so it is the
+   * uninterrupted run's); NaN when no step ran */
   trainLoss: number;
   initialEval: EvalResult | null;
   finalEval: EvalResult | null;
@@ -157,9 +158,10 @@ async function trainInFolder(
   if (dp && world.isMain) world.barrier("data preparation on rank 0");
   const sets = buildExampleSets(prepared, config);
   const padId = prepared.tokenizer.padId;
-  if (sets.train.length === 0 || sets.train.targetCount() === 0) {
-    throw new QloraError("E_DATA", `the training split has no tokens to predict (${sets.train.length} examples, none with 2 or more tokens): check data.path / data.train_split and data.max_length`);
-  }
+  assertHasTargets(sets.train, `training split (data.train_split ${JSON.stringify(config.data.train_split)})`, config);
+  // an eval or test split that would fail only after training is refused now
+  if (sets.eval && config.training.eval_strategy !== "no") assertHasTargets(sets.eval, `eval split (data.eval_split ${JSON.stringify(config.data.eval_split)})`, config);
+  if (sets.test) assertHasTargets(sets.test, `test split (data.test_split ${JSON.stringify(config.data.test_split)})`, config);
   stopIfAborted("while preparing the data");
   info(`train: ${sets.train.length} examples; eval: ${sets.eval?.length ?? 0} examples (${prepared.stats.cacheHits} splits from the token cache)`);
 
@@ -170,7 +172,7 @@ async function trainInFolder(
     const evalShard = dp ? { rank: world.rank, worldSize: world.worldSize, reduce: world.allreduce } : undefined;
     const stateLog = new TrainerStateLog(outputDir);
     const totalSteps = totalStepsFor(config, loader.batchesPerEpoch());
-    const state: LoopState = { globalStep: 0, nonFiniteRun: 0, skippedSteps: 0, logHistory: [], sampler: loader.state(), logWindow: { lossSum: 0, steps: 0, tokens: 0 }, inputNumel: 0, bestModelCheckpoint: null, epoch: 0 };
+    const state: LoopState = { globalStep: 0, nonFiniteRun: 0, skippedSteps: 0, logHistory: [], sampler: loader.state(), logWindow: { lossSum: 0, steps: 0, tokens: 0 }, inputNumel: 0, bestModelCheckpoint: null, epoch: 0, lossTotal: { sum: 0, steps: 0 } };
     let initialEval: EvalResult | null = null;
 
     const resumeFrom = options.resume === "latest" ? findLatestCheckpoint(outputDir) : options.resume ? path.resolve(options.resume) : null;
@@ -204,6 +206,8 @@ async function trainInFolder(
         ].filter(Boolean);
         if (diffs.length) throw new QloraError("E_CONFIG", `cannot resume from ${resumeFrom}: the checkpoint has LoRA ${diffs.join(", ")}; resume with the config it was trained with`);
       }
+      if (ck.step > totalSteps)
+        throw new QloraError("E_CONFIG", `cannot resume from ${resumeFrom}: it is at step ${ck.step}, past this run's last step ${totalSteps} (training.max_steps / num_train_epochs); raise them to continue`);
       for (const [key, t] of Object.entries(ck.adapter)) await model.setLora(key, t.data);
       await model.setOptimizerState(ck.optimizer);
       // rank 0's sampler state; every rank has handed out as many batches of the epoch (the
@@ -215,6 +219,8 @@ async function trainInFolder(
       const w = ck.extra.logWindow as LoopState["logWindow"] | undefined;
       if (w) state.logWindow = { ...w };
       state.inputNumel = typeof ck.extra.inputNumel === "number" ? ck.extra.inputNumel : 0;
+      const lt = ck.extra.lossTotal as LoopState["lossTotal"] | undefined;
+      if (lt && typeof lt.sum === "number" && typeof lt.steps === "number") state.lossTotal = { ...lt };
       // (as transformers: a recorded best checkpoint that is gone is forgotten)
       const best = ck.extra.bestModelCheckpoint;
       state.bestModelCheckpoint = typeof best === "string" && existsSync(best) ? best : null;
@@ -230,7 +236,7 @@ async function trainInFolder(
     if (!resumeFrom && sets.eval && config.training.eval_strategy !== "no" && config.training.eval_on_start) {
       info("evaluating before training");
       initialEval = await evaluateExamples(model, sets.eval, { batchSize: config.training.per_device_eval_batch_size, padId, padding: config.data.padding, signal: dp ? undefined : options.signal, shard: evalShard });
-      const entry: LogEntry = { step: 0, epoch: 0, eval_loss: initialEval.eval_loss, eval_perplexity: initialEval.perplexity, eval_tokens: initialEval.eval_tokens };
+      const entry: LogEntry = { step: 0, epoch: 0, eval_loss: initialEval.eval_loss, eval_perplexity: initialEval.perplexity, eval_tokens: initialEval.eval_tokens, eval_runtime: Math.round(initialEval.eval_seconds * 1e4) / 1e4 };
       state.logHistory.push(entry);
       options.onEval?.(entry);
     }
@@ -268,7 +274,7 @@ async function trainInFolder(
         trainerState: stateInput(),
         skippedSteps: state.skippedSteps,
         seed: config.training.seed,
-        extra: { logWindow: state.logWindow, inputNumel: state.inputNumel, bestModelCheckpoint: state.bestModelCheckpoint },
+        extra: { logWindow: state.logWindow, inputNumel: state.inputNumel, bestModelCheckpoint: state.bestModelCheckpoint, lossTotal: state.lossTotal },
         saveTotalLimit: config.output.save_total_limit,
         keepCheckpoint: state.bestModelCheckpoint,
       });
@@ -293,24 +299,31 @@ async function trainInFolder(
       writeLogs,
     });
 
-    // as transformers ends a run with save_total_limit 1 and a best model: only that checkpoint stays
-    if (result.stoppedBy === "completed" && world.isMain && config.output.save_total_limit === 1 && state.bestModelCheckpoint && existsSync(state.bestModelCheckpoint))
-      await deleteCheckpointsExcept(outputDir, state.bestModelCheckpoint);
-
     // the final test evaluation (data.test_split), logged as transformers names predict metrics
     let testEval: EvalResult | null = null;
-    if (result.stoppedBy === "completed" && sets.test && result.globalStep > 0) {
+    let stoppedBy = result.stoppedBy;
+    if (stoppedBy === "completed" && sets.test && result.globalStep > 0) {
       info("evaluating the test split");
-      testEval = await evaluateExamples(model, sets.test, { batchSize: config.training.per_device_eval_batch_size, padId, padding: config.data.padding, shard: evalShard });
-      const entry: LogEntry = {
-        step: result.globalStep, epoch: result.epoch,
-        test_loss: testEval.eval_loss, test_perplexity: testEval.perplexity, test_tokens: testEval.eval_tokens,
-      };
-      state.logHistory.push(entry);
-      options.onEval?.(entry);
+      try {
+        testEval = await evaluateExamples(model, sets.test, { batchSize: config.training.per_device_eval_batch_size, padId, padding: config.data.padding, signal: dp ? undefined : options.signal, shard: evalShard });
+      } catch (e) {
+        if (dp || !options.signal?.aborted || (e as { code?: string }).code !== "E_ABORTED") throw e;
+        // the last checkpoint holds the trained run: a resume only evaluates and finishes
+        stoppedBy = "abort";
+        info(`interrupted during the test split evaluation; every step is done and checkpointed: --resume latest finishes the run`);
+      }
+      if (testEval) {
+        const entry: LogEntry = {
+          step: result.globalStep, epoch: result.epoch,
+          test_loss: testEval.eval_loss, test_perplexity: testEval.perplexity, test_tokens: testEval.eval_tokens,
+        };
+        state.logHistory.push(entry);
+        options.onEval?.(entry);
+      }
     }
     // transformers ends log_history with the run's summary entry
-    if (result.stoppedBy === "completed" && result.globalStep > startStep) {
+    // (also when a resumed run had no step left: its checkpoint was saved before the summary)
+    if (stoppedBy === "completed" && !state.logHistory.some((e) => e.step === result.globalStep && "train_runtime" in e)) {
       const runtime = (performance.now() - trainStart) / 1000;
       const stepsRun = result.globalStep - startStep;
       state.logHistory.push({
@@ -322,8 +335,14 @@ async function trainInFolder(
       });
     }
     const adapterDir = outputDir;
-    if (result.stoppedBy === "completed" && world.isMain) {
+    if (stoppedBy === "completed" && world.isMain) {
       await writeAdapter(adapterDir, { loraWeights: await model.getLora(), config: loraConfigFor(config, config.model.name_or_path) });
+      // as transformers ends a run with save_total_limit 1 and a best model: only that checkpoint stays
+      const best = state.bestModelCheckpoint;
+      if (config.output.save_total_limit === 1 && best && existsSync(best)) {
+        const removed = await deleteCheckpointsExcept(outputDir, best);
+        if (removed.length) info(`save_total_limit 1 with metric_for_best_model: kept only the best checkpoint, ${path.basename(best)}; removed ${removed.map((r) => path.basename(r)).join(", ")}`);
+      }
     }
     await writeLogs();
     return {
@@ -336,7 +355,7 @@ async function trainInFolder(
       finalEval: result.lastEval,
       testEval,
       tokensPerSecond: result.tokensPerSecond,
-      stoppedBy: result.stoppedBy,
+      stoppedBy,
       peakMemoryBytes: native.memoryStats(device).peak,
       device,
     };

@@ -181,9 +181,13 @@ export const trainCommand: CommandModule<object, TrainArgs> = {
     } else if (argv.json) {
       process.stdout.write(JSON.stringify(summary) + "\n");
     } else {
+      if (Number.isFinite(result.trainLoss)) progress.line(`train loss ${result.trainLoss.toFixed(4)} (mean over steps 1..${result.globalStep})`);
       if (result.initialEval && result.finalEval) {
         progress.line(`eval loss ${result.initialEval.eval_loss.toFixed(4)} -> ${result.finalEval.eval_loss.toFixed(4)}, perplexity ${result.initialEval.perplexity.toFixed(1)} -> ${result.finalEval.perplexity.toFixed(1)}`);
+      } else if (result.finalEval) {
+        progress.line(`eval loss ${result.finalEval.eval_loss.toFixed(4)}, perplexity ${result.finalEval.perplexity.toFixed(1)}`);
       }
+      if (result.testEval) progress.line(`test loss ${result.testEval.eval_loss.toFixed(4)}, perplexity ${result.testEval.perplexity.toFixed(1)}`);
       progress.line(result.stoppedBy === "abort" ? `stopped at step ${result.globalStep}; resume with --resume latest` : `adapter, trainer_state.json and training curves in ${result.outputDir}`);
       if (isDemo) progress.line("next: the real job is  npx qlora-native train --config configs/qwen2.5-3b-wikitext2.yaml  (Qwen2.5-3B on WikiText-2; needs the model in the Hugging Face cache and a GPU)");
     }

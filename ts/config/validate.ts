@@ -73,6 +73,9 @@ function crossChecks(c: QloraConfig, problems: ConfigProblem[]): void {
   if (c.training.max_steps > 0 && c.training.warmup_steps > c.training.max_steps) {
     add("training.warmup_steps", `at most training.max_steps (${c.training.max_steps})`, c.training.warmup_steps);
   }
+  if (c.training.metric_for_best_model !== null && c.training.eval_strategy === "no") {
+    add("training.metric_for_best_model", `null when training.eval_strategy is "no" (the best model is picked among evaluations)`, c.training.metric_for_best_model);
+  }
   if (c.data.eval_split !== null && c.data.eval_split === c.data.train_split && c.training.eval_strategy !== "no") {
     add("data.eval_split", `a split other than data.train_split (${JSON.stringify(c.data.train_split)})`, c.data.eval_split);
   }

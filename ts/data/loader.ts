@@ -4,6 +4,7 @@
 // over evaluation batches.
 
 import type { QloraConfig, ResolvedConfig } from "../config/types.js";
+import { QloraError } from "../errors.js";
 import { collate, emptyBatch, ExampleSet, type Batch } from "./batches.js";
 import type { PreparedDataset } from "./prepare.js";
 import { BatchSampler, type SamplerState } from "./sampler.js";
@@ -14,6 +15,17 @@ export interface ExampleSets {
   train: ExampleSet;
   eval: ExampleSet | null;
   test: ExampleSet | null;
+}
+
+/** Throws E_DATA, naming the settings to change, when a split's examples hold nothing to predict
+ * (checked right after the data is prepared, before the model loads or any step runs). */
+export function assertHasTargets(examples: ExampleSet, what: string, config: Config): void {
+  if (examples.length > 0 && examples.targetCount() > 0) return;
+  const d = config.data;
+  const why = d.packing
+    ? `no full block of data.max_length = ${d.max_length} tokens${d.packing_group_rows !== null ? ` in any group of data.packing_group_rows = ${d.packing_group_rows} rows` : ""}: lower data.max_length${d.packing_group_rows !== null ? " or raise data.packing_group_rows" : ""}, or check the data`
+    : `${examples.length} examples, none with 2 or more tokens: check the data and data.max_length`;
+  throw new QloraError("E_DATA", `the ${what} has no tokens to predict (${why})`);
 }
 
 /** Example sets for every split, in the config's mode (padding or packing). */

@@ -39,6 +39,8 @@ export interface LoopState {
   bestModelCheckpoint: string | null;
   /** transformers' state.epoch after the last step (whole epochs + share of this one's batches) */
   epoch?: number;
+  /** step losses summed since step 0 (kept across a resume): train_loss is the whole run's mean */
+  lossTotal?: { sum: number; steps: number };
 }
 
 export interface LoopContext {
@@ -64,7 +66,8 @@ export interface LoopContext {
 export interface LoopResult {
   globalStep: number;
   totalSteps: number;
-  /** mean loss over the steps this run took (transformers' train_loss); NaN when none ran */
+  /** transformers' train_loss: the mean step loss since step 0 (carried over a resume, so it is the
+   * uninterrupted run's); NaN when no step ran */
   trainLoss: number;
   stoppedBy: "completed" | "abort" | "nonfinite";
   lastEval: EvalResult | null;
@@ -114,10 +117,10 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
   let logStart = performance.now();
   let runTokens = 0;
   const runStart = performance.now();
-  // train_loss: the mean training loss over the steps this run took. transformers' for a run from
-  // the start; after a resume transformers divides this run's sum by all steps (ours: this run's).
-  let runLossSum = 0;
-  let runLossSteps = 0;
+  // train_loss: the mean step loss of the whole run since step 0 (a resumed run carries the sum),
+  // so it equals the uninterrupted run's; transformers' for a run from the start (after a resume
+  // transformers divides the resumed steps' sum by all steps)
+  const lossTotal = (state.lossTotal ??= { sum: 0, steps: 0 });
   let lastEval: EvalResult | null = null;
   let stoppedBy: LoopResult["stoppedBy"] = "completed";
   const startStep = state.globalStep;
@@ -190,8 +193,8 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
     if (!r.nonFinite && r.tokens > 0) {
       win.lossSum += stepLoss;
       win.steps++;
-      runLossSum += stepLoss;
-      runLossSteps++;
+      lossTotal.sum += stepLoss;
+      lossTotal.steps++;
     }
     win.tokens += stepTokens;
     runTokens += stepTokens;
@@ -231,7 +234,10 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
     }
   }
 
-  if (stoppedBy === "completed" && !(await runEval())) stoppedBy = "abort";
+  // (a run resumed at its last step that was evaluated there already is not evaluated twice)
+  const done = state.logHistory.find((e) => e.step === state.globalStep && e.step > 0 && typeof e.eval_loss === "number");
+  if (done && ctx.evalSet) lastEval = { eval_loss: done.eval_loss as number, perplexity: Math.exp(done.eval_loss as number), eval_tokens: (done.eval_tokens as number) ?? 0, eval_seconds: 0 };
+  else if (stoppedBy === "completed" && !(await runEval())) stoppedBy = "abort";
   if (stoppedBy === "abort") {
     // nothing new to save when no step ran since the start (or the resume point)
     if (state.globalStep > startStep) {
@@ -250,5 +256,5 @@ export async function runTrainingLoop(ctx: LoopContext): Promise<LoopResult> {
     }
   }
   const elapsed = (performance.now() - runStart) / 1000;
-  return { globalStep: state.globalStep, totalSteps, trainLoss: runLossSteps ? runLossSum / runLossSteps : NaN, stoppedBy, lastEval, tokensPerSecond: runTokens / Math.max(elapsed, 1e-9), epoch: epochNow };
+  return { globalStep: state.globalStep, totalSteps, trainLoss: lossTotal.steps ? lossTotal.sum / lossTotal.steps : NaN, stoppedBy, lastEval, tokensPerSecond: runTokens / Math.max(elapsed, 1e-9), epoch: epochNow };
 }
