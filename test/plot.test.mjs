@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { test } from "node:test";
-import { extractCurves, formatTick, niceTicks, renderSvg, writePlots } from "../dist/report/index.js";
+import { extractCurves, formatTick, niceTicks, renderHtml, renderSvg, writePlots } from "../dist/report/index.js";
 
 // A 120-step run: loss logged every 5 steps (one NaN), eval every 20, linear warmup + cosine lr.
 function history() {
@@ -112,4 +112,11 @@ test("HTML: self-contained, and headless Chromium draws three series without con
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test("HTML: a finished run whose steps were never logged says so and gives the run's train loss", () => {
+  const html = renderHtml([{ step: 0, epoch: 0, eval_loss: 3.5 }, { step: 3, epoch: 1, train_loss: 2.25, train_runtime: 1.5 }]);
+  assert.match(html, /no training step was logged \(training\.logging_steps is larger than the run\); train loss over the run 2\.2500/);
+  // one logged point per series still shows (uPlot draws no line through a single point)
+  assert.match(html, /var lone = function/);
 });

@@ -40,6 +40,9 @@ function summary(logHistory: readonly PlotLogEntry[]): string {
     if (v !== null && (best === null || v < best[1])) best = [c.steps[i], v];
   });
   if (best) parts.push(`best eval loss ${(best as [number, number])[1].toFixed(4)} at step ${(best as [number, number])[0]}`);
+  // a finished run whose steps were never logged (logging_steps above the run's length)
+  const run = logHistory.find((e) => typeof e.train_loss === "number" && Number.isFinite(e.train_loss));
+  if (lastLoss == null && run) parts.push(`no training step was logged (training.logging_steps is larger than the run); train loss over the run ${(run.train_loss as number).toFixed(4)}`);
   return parts.join(" · ") || "no logged values yet";
 }
 
@@ -54,18 +57,20 @@ const PAGE_SCRIPT = `
     var width = function () { return Math.max(480, Math.min(1200, (el.clientWidth || window.innerWidth) - 8)); };
     var expo = function (v) { return v == null ? "–" : v === 0 ? "0" : v.toExponential(2); };
     var num = function (v) { return v == null ? "–" : v.toFixed(4); };
+    // a series of one point has no line to draw: show its points then
+    var lone = function (a) { return a.filter(function (v) { return v != null; }).length <= 1; };
     var opts = {
       width: width(),
       height: 460,
       scales: { x: { time: false }, loss: { auto: true }, lr: { auto: true, range: function (u, min, max) { return [0, max > 0 ? max * 1.05 : 1]; } } },
       series: [
         { label: "step" },
-        { label: d.labels[0], scale: "loss", stroke: d.colors[0], width: 2, spanGaps: true, points: { show: false }, value: function (u, v) { return num(v); } },
+        { label: d.labels[0], scale: "loss", stroke: d.colors[0], width: 2, spanGaps: true, points: { show: lone(d.trainLoss), size: 7, fill: d.colors[0] }, value: function (u, v) { return num(v); } },
         { label: d.labels[1], scale: "loss", stroke: d.colors[1], width: 2, spanGaps: true, points: { show: true, size: 7, fill: d.colors[1] }, value: function (u, v) { return num(v); } },
-        { label: d.labels[2], scale: "lr", stroke: d.colors[2], width: 1.5, dash: [6, 4], spanGaps: true, points: { show: false }, value: function (u, v) { return expo(v); } }
+        { label: d.labels[2], scale: "lr", stroke: d.colors[2], width: 1.5, dash: [6, 4], spanGaps: true, points: { show: lone(d.lr), size: 6, fill: d.colors[2] }, value: function (u, v) { return expo(v); } }
       ],
       axes: [
-        { label: "step" },
+        { label: "step", incrs: [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 2500, 5000, 10000, 20000, 25000, 50000, 100000] },
         { scale: "loss", label: "loss", size: 60 },
         { scale: "lr", side: 1, label: "learning rate", size: 80, stroke: d.colors[2], grid: { show: false },
           values: function (u, vals) { return vals.map(function (v) { return v === 0 ? "0" : v.toExponential(1); }); } }
