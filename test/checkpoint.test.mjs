@@ -110,6 +110,8 @@ test("save_total_limit keeps the newest, deletes oldest first, never the one jus
     await saveCheckpoint(dir, 80, { ...stateFor(80), saveTotalLimit: 2, keepCheckpoint: best });
     assert.deepEqual(listCheckpoints(dir).map((c) => c.step), [80, 50]);
     // the end of a run with limit 1 and a best model: the best alone
+    // a best checkpoint outside this folder (a copied output folder's record) deletes nothing
+    assert.deepEqual(await deleteCheckpointsExcept(dir, path.join(tmpdir(), "elsewhere", "checkpoint-50")), []);
     assert.deepEqual(await deleteCheckpointsExcept(dir, best), [path.join(dir, "checkpoint-80")]);
     assert.deepEqual(readdirSync(dir), ["checkpoint-50"]);
   } finally {

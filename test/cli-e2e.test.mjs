@@ -216,20 +216,26 @@ test("file-system errors are E_IO with a plain reason; data with nothing to pred
 
 test("Ctrl-C during the test split evaluation: the run stops (abort) and --resume latest finishes it", async () => {
   const { train, loadConfig } = await import("../dist/index.js");
-  const out = path.join(work, "run-test-abort");
-  const cfg = writeConfig("test-abort", out, "");
-  const config = await loadConfig(cfg, { set: ["training.max_steps=2", "training.save_steps=2", "training.eval_on_start=false"] });
-  const ac = new AbortController();
-  const r = await train({ config, signal: ac.signal, onInfo: (l) => l.startsWith("evaluating the test split") && ac.abort() });
-  assert.equal(r.stoppedBy, "abort");
-  assert.equal(r.testEval, null);
-  assert.ok(!existsSync(path.join(out, "adapter_model.safetensors")), "the run is not finished");
-  const again = await train({ config: await loadConfig(cfg, { set: ["training.max_steps=2", "training.save_steps=2", "training.eval_on_start=false", "training.resume_from_checkpoint=true"] }) });
-  assert.equal(again.stoppedBy, "completed");
-  assert.ok(again.testEval && Number.isFinite(again.testEval.eval_loss));
-  const state = JSON.parse(readFileSync(path.join(out, "trainer_state.json"), "utf8"));
-  assert.deepEqual(state.log_history.filter((e) => e.eval_loss !== undefined).map((e) => e.step), [2], "the final eval is not repeated");
-  assert.ok(existsSync(path.join(out, "adapter_model.safetensors")));
+  // with save_strategy no the stop writes the checkpoint the loop did not
+  for (const save of ["training.save_steps=2", "training.save_strategy=no"]) {
+    const out = path.join(work, `run-test-abort-${save.includes("no") ? "nosave" : "save"}`);
+    const cfg = writeConfig(`test-abort-${save.includes("no") ? "nosave" : "save"}`, out, "");
+    const set = ["training.max_steps=2", save, "training.eval_on_start=false"];
+    const ac = new AbortController();
+    const r = await train({ config: await loadConfig(cfg, { set }), signal: ac.signal, onInfo: (l) => l.startsWith("evaluating the test split") && ac.abort() });
+    assert.equal(r.stoppedBy, "abort", save);
+    assert.equal(r.testEval, null);
+    assert.ok(!existsSync(path.join(out, "adapter_model.safetensors")), "the run is not finished");
+    assert.ok(existsSync(path.join(out, "checkpoint-2")), `${save}: the last step is checkpointed`);
+    const again = await train({ config: await loadConfig(cfg, { set: [...set, "training.resume_from_checkpoint=true"] }) });
+    assert.equal(again.stoppedBy, "completed");
+    assert.equal(again.globalStep, 2);
+    assert.ok(again.testEval && Number.isFinite(again.testEval.eval_loss));
+    assert.ok(Number.isFinite(again.trainLoss), "train_loss carried in the checkpoint");
+    const state = JSON.parse(readFileSync(path.join(out, "trainer_state.json"), "utf8"));
+    assert.deepEqual(state.log_history.filter((e) => e.eval_loss !== undefined).map((e) => e.step), [2], "the final eval is not repeated");
+    assert.ok(existsSync(path.join(out, "adapter_model.safetensors")));
+  }
 });
 
 test("training.eval_on_start false: no step-0 evaluation; a last step between logging_steps is only in the summary", () => {

@@ -117,6 +117,13 @@ test("an abort during an evaluation keeps the steps done: the loop saves a check
   }
 });
 
+test("lossTotalFromHistory: a checkpoint without lossTotal gets it back from the logged window means", async () => {
+  const { lossTotalFromHistory } = await import("../dist/train/loop.js");
+  // steps 1-2 mean 3, steps 3-4 mean 2 (logging_steps 2), step 5 in the open window (loss 1)
+  const h = [{ step: 0, eval_loss: 9 }, { step: 2, loss: 3 }, { step: 4, loss: 2 }, { step: 4, eval_loss: 5 }];
+  assert.deepEqual(lossTotalFromHistory(h, { lossSum: 1, steps: 1, tokens: 0 }), { sum: 11, steps: 5 });
+});
+
 test("non-finite steps are skipped and counted; the patience stops training with a checkpoint", async () => {
   let n = 0;
   const model = {

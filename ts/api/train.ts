@@ -21,7 +21,7 @@ import { adapterTargets, readAdapter, writeAdapter } from "../train/adapter.js";
 import { assertNoForeignCheckpoints, damagedCheckpoints, deleteCheckpointsExcept, findLatestCheckpoint, loadCheckpoint, saveCheckpoint } from "../train/checkpoint.js";
 import { lockOutputDir } from "../train/output-lock.js";
 import { evaluateExamples, type EvalResult } from "../train/evaluate.js";
-import { runTrainingLoop, totalStepsFor, type LoopState } from "../train/loop.js";
+import { lossTotalFromHistory, runTrainingLoop, totalStepsFor, type LoopState } from "../train/loop.js";
 import { nextBestCheckpoint, TrainerStateLog } from "../train/trainer-state.js";
 import { totalFlos } from "../train/flos.js";
 import { stepsFrom } from "../train/schedule.js";
@@ -220,10 +220,13 @@ async function trainInFolder(
       if (w) state.logWindow = { ...w };
       state.inputNumel = typeof ck.extra.inputNumel === "number" ? ck.extra.inputNumel : 0;
       const lt = ck.extra.lossTotal as LoopState["lossTotal"] | undefined;
-      if (lt && typeof lt.sum === "number" && typeof lt.steps === "number") state.lossTotal = { ...lt };
-      // (as transformers: a recorded best checkpoint that is gone is forgotten)
+      state.lossTotal = lt && typeof lt.sum === "number" && typeof lt.steps === "number" ? { ...lt } : lossTotalFromHistory(state.logHistory, state.logWindow);
+      // the best checkpoint by name, in this output folder (the folder may have been copied); as
+      // transformers: a recorded best checkpoint that is gone is forgotten. A checkpoint from
+      // before the field existed: the best step's folder if there is one
       const best = ck.extra.bestModelCheckpoint;
-      state.bestModelCheckpoint = typeof best === "string" && existsSync(best) ? best : null;
+      const here = typeof best === "string" ? path.join(outputDir, path.basename(best)) : null;
+      state.bestModelCheckpoint = here !== null ? (existsSync(here) ? here : null) : nextBestCheckpoint(config, state.logHistory, outputDir, -1, null);
       state.sampler = loader.state();
       info(`resumed from ${resumeFrom} at step ${ck.step}`);
     } else if (initAdapter) {
@@ -308,8 +311,10 @@ async function trainInFolder(
         testEval = await evaluateExamples(model, sets.test, { batchSize: config.training.per_device_eval_batch_size, padId, padding: config.data.padding, signal: dp ? undefined : options.signal, shard: evalShard });
       } catch (e) {
         if (dp || !options.signal?.aborted || (e as { code?: string }).code !== "E_ABORTED") throw e;
-        // the last checkpoint holds the trained run: a resume only evaluates and finishes
+        // a checkpoint of the last step (the loop saves one unless save_strategy is "no") holds the
+        // trained run: a resume only evaluates and finishes
         stoppedBy = "abort";
+        if (!existsSync(path.join(outputDir, `checkpoint-${result.globalStep}`))) await saveCk();
         info(`interrupted during the test split evaluation; every step is done and checkpointed: --resume latest finishes the run`);
       }
       if (testEval) {

@@ -20,7 +20,7 @@ import { writeFileAtomic } from "../config/atomic-write.js";
 import { expandHome } from "../config/hf-cache.js";
 
 /** Bump when tokenization or row semantics change: old cache files then no longer match. */
-export const TOKEN_CACHE_VERSION = 3; // 2: BOM kept, lone \r a line break; 3: empty rows kept, .txt lines end at \n only (datasets' text loader)
+export const TOKEN_CACHE_VERSION = 4; // 2: BOM kept, lone \r a line break; 3: empty rows kept; 4: whitespace rows blank unless kept, .txt lines end at \n only (datasets' text loader)
 const MAGIC = Buffer.from("QNTOKv1\n", "latin1");
 
 export interface TokenCacheMeta {

@@ -313,6 +313,8 @@ export async function rotateCheckpoints(outputDir: string, limit: number | null 
  * save_total_limit 1 and a best model: only the best checkpoint stays). */
 export async function deleteCheckpointsExcept(outputDir: string, keep: string): Promise<string[]> {
   const removed: string[] = [];
+  // a `keep` outside this folder would leave nothing: refuse to delete anything then
+  if (path.resolve(path.dirname(keep)) !== path.resolve(outputDir)) return removed;
   for (const c of listCheckpoints(outputDir)) {
     if (path.resolve(c.path) === path.resolve(keep)) continue;
     const doomed = `${c.path}.del-${randomBytes(6).toString("hex")}`;

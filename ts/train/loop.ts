@@ -43,6 +43,22 @@ export interface LoopState {
   lossTotal?: { sum: number; steps: number };
 }
 
+/** lossTotal of a checkpoint from before it was stored: each logged loss is the mean of the steps
+ * since the previous training entry, plus the open logging window (exact unless steps were skipped
+ * as non-finite). */
+export function lossTotalFromHistory(history: readonly LogEntry[], window: { lossSum: number; steps: number }): { sum: number; steps: number } {
+  let sum = window.lossSum;
+  let steps = window.steps;
+  let prev = 0;
+  for (const e of history) {
+    if (typeof e.loss !== "number" || !Number.isFinite(e.loss)) continue;
+    sum += e.loss * (e.step - prev);
+    steps += e.step - prev;
+    prev = e.step;
+  }
+  return { sum, steps };
+}
+
 export interface LoopContext {
   config: ResolvedConfig;
   model: TrainableModel;
