@@ -288,6 +288,13 @@ export async function saveCheckpoint(outputDir: string, step: number, data: Chec
   return finalDir;
 }
 
+/** Removes a checkpoint folder: renamed away first, so it is gone from findLatestCheckpoint at once. */
+async function removeCheckpoint(dir: string): Promise<void> {
+  const doomed = `${dir}.del-${randomBytes(6).toString("hex")}`;
+  await rename(dir, doomed);
+  await rm(doomed, { recursive: true, force: true });
+}
+
 /** Deletes the oldest complete checkpoints beyond `limit`, never `keep` nor `keepBest` (so with
  * limit 1 and a best checkpoint that is not the newest, two stay, as in transformers). */
 export async function rotateCheckpoints(outputDir: string, limit: number | null | undefined, keep?: string, keepBest?: string): Promise<string[]> {
@@ -299,9 +306,7 @@ export async function rotateCheckpoints(outputDir: string, limit: number | null 
   let excess = all.length - limit;
   for (const c of victims) {
     if (excess <= 0) break;
-    const doomed = `${c.path}.del-${randomBytes(6).toString("hex")}`;
-    await rename(c.path, doomed); // gone from findLatestCheckpoint at once
-    await rm(doomed, { recursive: true, force: true });
+    await removeCheckpoint(c.path);
     removed.push(c.path);
     excess--;
   }
@@ -317,9 +322,7 @@ export async function deleteCheckpointsExcept(outputDir: string, keep: string): 
   if (path.resolve(path.dirname(keep)) !== path.resolve(outputDir)) return removed;
   for (const c of listCheckpoints(outputDir)) {
     if (path.resolve(c.path) === path.resolve(keep)) continue;
-    const doomed = `${c.path}.del-${randomBytes(6).toString("hex")}`;
-    await rename(c.path, doomed);
-    await rm(doomed, { recursive: true, force: true });
+    await removeCheckpoint(c.path);
     removed.push(c.path);
   }
   if (removed.length) await syncDir(outputDir);
