@@ -183,7 +183,12 @@ void pack_weight(const LoraLinear& L, bool w_transposed, DType tile_dt, int64_t 
   }
   const size_t es = dtype_size(tile_dt);
   t_tile.resize(static_cast<size_t>(rows) * (kb - ka) * es);
-  if (!w_transposed) {  // W rows [r0, r0 + rows), cols [ka, kb): a k-contiguous tile
+  if (!w_transposed && tile_dt == DType::BF16 && P.fmt == gemm_impl::Format::BF16Pair && (ka - P.k0) % 2 == 0 &&
+      P.R >= nf4_panels::kPanelCols && nf4_panels::can_decode_rows(*L.nf4, ka, kb, rows)) {
+    // W rows [r0, r0 + 64), cols [ka, kb) decoded and transposed in registers straight into the panel
+    nf4_panels::decode_rows_transposed(*L.nf4, r0, ka, kb, P.R,
+                                       static_cast<uint16_t*>(dst) + ((ka - P.k0) / 2) * 2 * P.R);
+  } else if (!w_transposed) {  // W rows [r0, r0 + rows), cols [ka, kb): a k-contiguous tile
     nf4_dequantize_tile(*L.nf4, r0, r0 + rows, ka, kb, tile_dt, t_tile.data(), kb - ka);
     gemm_impl::pack_part(MatSrc{t_tile.data(), tile_dt, kb - ka, true}, 0, rows, P, ka, kb, ka, dst);
   } else if (tile_dt == DType::BF16 && P.fmt == gemm_impl::Format::BF16Pair && (ka - P.k0) % 2 == 0 &&
