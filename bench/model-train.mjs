@@ -23,6 +23,7 @@ import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { openSession, setNumThreads } from "../dist/index.js";
 import { loadModel } from "../dist/model/index.js";
+import { modelFlopsPerToken } from "../dist/bench/e2e.js";
 import { PRESETS, writeRandomQwen } from "./model-random.mjs";
 
 function arg(name, dflt) {
@@ -110,8 +111,11 @@ for (const mode of modes) {
 }
 
 let peerReady = false;
+let matmulFlops = null;  // torch's matmul FLOP/s per dtype at the model's largest linear (the peer measures it)
 if (peer) {
-  peerReady = (await peer.next((j) => j.ready)) !== null;
+  const ready = await peer.next((j) => j.ready);
+  peerReady = ready !== null;
+  matmulFlops = ready?.matmul_flops ?? null;
   if (!peerReady) console.log(`peer failed to start: ${peer.stderr().trim().split("\n").slice(-3).join(" | ")}`);
 }
 
@@ -197,4 +201,24 @@ for (const o of ours) {
     console.log(`| ${o.mode} | ${stat} | ${x.toFixed(1)} | ${f(r32)} | ${f(r16)} |`);
   }
 }
-console.log(JSON.stringify({ bench: "model-train", preset, batch: B, seq: T, threads, r, rounds, steps, ours: results, peer: peerOut }));
+// Each side's model FLOP rate (the count of bench/README.md), against torch's own matmul rate on
+// this machine: how close each side runs to what its precision's GEMMs allow here.
+const flops = modelFlopsPerToken(PRESETS[preset], T, r).total;
+const gf = (x) => `${(x / 1e9).toFixed(0)} GFLOP/s`;
+const ofMatmul = (rate, dtype) => (matmulFlops?.[dtype] ? ` = ${(rate / matmulFlops[dtype]).toFixed(2)}x torch's ${dtype} matmul` : "");
+const rates = [];
+for (const o of ours) {
+  const rate = results[o.mode].tokensPerS * flops;
+  results[o.mode].modelFlopsPerS = rate;
+  rates.push(`ours ${o.mode} ${gf(rate)}${ofMatmul(rate, o.mode.endsWith("bf16") ? "bfloat16" : "float32")}`);
+}
+for (const [dtype, po] of Object.entries(peerOut)) {
+  po.model_flops_per_s = po.tokens_per_s * flops;
+  rates.push(`peer ${dtype} ${gf(po.model_flops_per_s)}${ofMatmul(po.model_flops_per_s, dtype)}`);
+}
+const mmNote = matmulFlops
+  ? `; torch matmul [${B * T} x ${PRESETS[preset].hidden_size}] x [${PRESETS[preset].hidden_size} x ${PRESETS[preset].intermediate_size}]: ` +
+    Object.entries(matmulFlops).map(([d, x]) => `${d} ${gf(x)}`).join(", ")
+  : "";
+console.log(`\nmodel FLOP rate (${(flops / 1e9).toFixed(3)} GFLOP/token): ${rates.join("; ")}${mmNote}`);
+console.log(JSON.stringify({ bench: "model-train", preset, batch: B, seq: T, threads, r, rounds, steps, modelFlopsPerToken: flops, torchMatmulFlops: matmulFlops, ours: results, peer: peerOut }));

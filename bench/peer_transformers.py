@@ -10,6 +10,10 @@ What is timed per step: model(input_ids, labels=input_ids).loss.backward() (LoRA
 gate, up, down; base weights frozen; the default eager/sdpa attention of transformers), then
 zero_grad. Tokens per second = batch * seq / median step time.
 
+As a hardware reference for both sides, torch's own matmul rate at the model's largest linear
+([batch * seq, hidden] x [hidden, intermediate], median of 5) is measured per dtype after loading
+and reported as "matmul_flops" (in the ready line with --rounds, and in every summary line).
+
 --rounds R (used by bench/model-train.mjs to interleave with our steps on a shared machine): load
 every dtype's model and warm it up, print {"ready": true}, then R times: wait for a line on stdin,
 run --steps steps per dtype and print one JSON line per dtype with "round"; the summary lines
@@ -53,6 +57,20 @@ def main() -> int:
         model.train()
         return model
 
+    def matmul_flops(cfg, name):
+        dt = getattr(torch, name)
+        m, h, i = a.batch * a.seq, cfg.hidden_size, cfg.intermediate_size
+        x, w = torch.randn(m, h, dtype=dt), torch.randn(i, h, dtype=dt)
+        with torch.no_grad():
+            for _ in range(2):
+                x @ w.T
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                x @ w.T
+                times.append(time.perf_counter() - t0)
+        return 2.0 * m * h * i / statistics.median(times)
+
     def steps(model, ids, n):
         times = []
         for _ in range(n):
@@ -68,15 +86,18 @@ def main() -> int:
         print(json.dumps({
             "peer": "transformers+peft", "dtype": name, "batch": a.batch, "seq": a.seq, "threads": a.threads,
             "tokens_per_s": a.batch * a.seq / med, "step_s": times, "versions": versions,
+            "matmul_flops": mm,
         }), flush=True)
 
     names = a.dtypes.split(",")
+    mm = {}
     if a.rounds > 0:
         models = {n: load(n) for n in names}
         ids = torch.randint(0, models[names[0]].config.vocab_size, (a.batch, a.seq))
         for n in names:
             steps(models[n], ids, a.warmup)
-        print(json.dumps({"ready": True}), flush=True)
+            mm[n] = matmul_flops(models[n].config, n)
+        print(json.dumps({"ready": True, "matmul_flops": mm}), flush=True)
         all_times = {n: [] for n in names}
         for r in range(a.rounds):
             if not sys.stdin.readline():
@@ -92,6 +113,7 @@ def main() -> int:
         model = load(name)
         ids = torch.randint(0, model.config.vocab_size, (a.batch, a.seq))
         steps(model, ids, a.warmup)
+        mm[name] = matmul_flops(model.config, name)
         summary(name, steps(model, ids, a.steps))
         del model
     return 0
