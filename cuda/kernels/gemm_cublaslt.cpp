@@ -82,6 +82,9 @@ bool cublaslt_gemm(Context& ctx, const GemmArgs& g, const GemmDims& d) {
   if (bias_kind == 1 && !out16) return false;  // a bf16 bias with an f32 D: not offered
   const cudaDataType_t tbias = bias_kind == 1 ? CUDA_R_16BF : CUDA_R_32F;
   const int device = device_of(ctx);
+  // The session's device current before the handle is created and the heuristic asked (both act on
+  // the calling thread's device; a cuda:1 queue thread starts on device 0).
+  cudaStream_t stream = stream_of(ctx);
   cublasLtHandle_t h = handle_for(device);
 
   Descs ds(api);
@@ -145,7 +148,7 @@ bool cublaslt_gemm(Context& ctx, const GemmArgs& g, const GemmDims& d) {
   Tensor ws = Tensor::empty(g.c.ctx_ptr(), DType::U8, {static_cast<int64_t>(kWorkspaceBytes)});
   const float alpha = g.alpha, beta = g.beta;
   const cublasStatus_t st = api.Matmul(h, ds.op, &alpha, g.b.raw(), ds.la, g.a.raw(), ds.lb, &beta, g.c.raw(), ds.lc,
-                                       g.c.raw(), ds.lc, &algo, ws.raw(), kWorkspaceBytes, stream_of(ctx));
+                                       g.c.raw(), ds.lc, &algo, ws.raw(), kWorkspaceBytes, stream);
   if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) {
     // Refused before launching (an algorithm/attribute combination it does not take): forget the
     // algorithm and let gemm.cu run its own kernels.
