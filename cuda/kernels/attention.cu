@@ -321,21 +321,23 @@ void attention_backward(Context& ctx, const AttentionBackwardArgs& a) {
   p.dv = a.dv.raw();
   Tensor delta = Tensor::empty(a.q.ctx_ptr(), DType::F32, {d.b, d.hq, d.t});
   p.delta = delta.data<float>();
-  // The WMMA backward with GQA runs one dkv block per q head and sums the group afterwards.
+  // The WMMA backward with GQA runs one dkv block per q head and sums the group afterwards: f32
+  // partials, allocated only when the WMMA kernels apply (they live until the launches are queued;
+  // the stream-ordered pool frees them after the kernels).
   Tensor dk_part, dv_part;
-  const bool core_only = g_cuda_core_only;  // read once: the partials and the kernel choice agree
-  if (a.q.dtype() == DType::BF16 && !core_only && d.group() > 1) {
+  auto partials = [&](Params& q) {
     dk_part = Tensor::empty(a.q.ctx_ptr(), DType::F32, {d.b, d.t, d.hq, d.d});
     dv_part = Tensor::empty(a.q.ctx_ptr(), DType::F32, {d.b, d.t, d.hq, d.d});
-    p.dk_part = dk_part.data<float>();
-    p.dv_part = dv_part.data<float>();
-  }
+    q.dk_part = dk_part.data<float>();
+    q.dv_part = dv_part.data<float>();
+  };
+  const bool core_only = g_cuda_core_only;
   const unsigned tiles = (unsigned)((d.t + kRows - 1) / kRows);
   with_type(a.q.dtype(), [&](auto tt) {
     using T = decltype(tt);
     attn_delta_kernel<T><<<blocks_for(d.b * d.t * d.hq * 32, 256), 256, 0, stream_of(ctx)>>>(p, (int)d.d);
     QN_CUDA_LAUNCHED("attn_delta_kernel", ctx);
-    if (std::is_same<T, xf::bf16>::value && !core_only && backward_wmma(p, (int)d.d, stream_of(ctx), device_of(ctx))) return;
+    if (std::is_same<T, xf::bf16>::value && !core_only && backward_wmma(p, (int)d.d, stream_of(ctx), device_of(ctx), partials)) return;
     with_head_dim(d.d, "attention_backward", [&](auto dc) {
       constexpr int D = decltype(dc)::value;
       attn_dq_kernel<T, D><<<dim3(tiles, (unsigned)d.hq, (unsigned)d.b), kThreads, 0, stream_of(ctx)>>>(p);

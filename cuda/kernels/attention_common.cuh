@@ -1,6 +1,7 @@
 // Shared by the CUDA attention kernels (attention.cu: CUDA-core kernels and dispatch,
 // attention_wmma.cu: bf16 tensor-core kernels): launch parameters and index helpers.
 #pragma once
+#include <functional>
 #include "xf_common.cuh"
 
 namespace qn {
@@ -55,7 +56,10 @@ __device__ __forceinline__ void load_row_stats(const Params& p, int b, int h, in
 // kernels. QN_ATTENTION_NO_WMMA=1 in the environment disables them (debugging).
 bool forward_wmma(const Params& p, int d, cudaStream_t stream, int device);
 // `p.dk_part` / `p.dv_part` must be set when p.group > 1 (see Params).
-bool backward_wmma(const Params& p, int d, cudaStream_t stream, int device);
+// With GQA (p.group > 1) the dK / dV partials are allocated through `partials` (it sets
+// p.dk_part / p.dv_part) only once the WMMA kernels are known to apply, so the CUDA-core fallback
+// never holds them.
+bool backward_wmma(Params p, int d, cudaStream_t stream, int device, const std::function<void(Params&)>& partials);
 
 }  // namespace attn
 }  // namespace cuda

@@ -437,17 +437,18 @@ bool forward_wmma(const Params& p, int d, cudaStream_t stream, int device) {
   });
 }
 
-bool backward_wmma(const Params& p, int d, cudaStream_t stream, int device) {
+bool backward_wmma(Params p, int d, cudaStream_t stream, int device, const std::function<void(Params&)>& partials) {
   if (!usable(p, {p.q, p.k, p.v, p.dout, p.dq, p.dk, p.dv})) return false;
   return with_wmma_dim(d, [&](auto dc) {
     constexpr int D = decltype(dc)::value;
     if (!prepare(attn_dq_wmma_kernel<D>, Cfg<D>::dq_bytes, device) ||
         !prepare(attn_dkv_wmma_kernel<D>, Cfg<D>::dkv_bytes, device))
       return false;
+    const bool part = p.group > 1;
+    if (part) partials(p);
     const unsigned tiles = (unsigned)((p.t + kTile - 1) / kTile);
     attn_dq_wmma_kernel<D><<<dim3((unsigned)p.hq * (unsigned)p.b, tiles), kThreads, Cfg<D>::dq_bytes, stream>>>(p);
     check_launch("attn_dq_wmma_kernel", device);
-    const bool part = p.group > 1;
     if (part && (!p.dk_part || !p.dv_part)) fail(ErrorCode::Internal, "attention backward: GQA needs the dk/dv partials");
     Params pd = p;
     if (!part) pd.dk_part = pd.dv_part = nullptr;

@@ -111,6 +111,9 @@ class CudaContext final : public Context {
   void free(void* ptr, size_t bytes) noexcept override {
     cudaSetDevice(index_);
     cudaFreeAsync(ptr, stream_);
+    // A free cannot throw; a non-sticky error it left must not be reported later as the failure of
+    // an unrelated launch (sticky errors stay and poison the device as usual).
+    (void)cudaGetLastError();
     memory_on_free(device(), bytes);
   }
 

@@ -134,6 +134,8 @@ __device__ __forceinline__ void nf4_decode8(unsigned w, const float* table, floa
 }
 
 // 8 elements starting at e (e % 8 == 0, e + 8 <= numel), all in block e >> log2_bs with `scale`.
+// Reads the 4 code bytes as one 32-bit word: v.codes itself must be 4-byte aligned (a view into
+// the middle of a code buffer may not be; check before choosing this path, as nf4_dequantize does).
 __device__ __forceinline__ void nf4_dequant8_f32(const Nf4DeviceView& v, const float* table, long long e, float scale,
                                                  float out[8]) {
   const unsigned w = __ldg(reinterpret_cast<const unsigned*>(v.codes + (e >> 1)));

@@ -67,10 +67,14 @@ __global__ void __launch_bounds__(kThreads) adamw32_kernel(float* __restrict__ p
   }
 }
 
-__device__ __forceinline__ float warp_max(float x) {
+__device__ __forceinline__ unsigned warp_max_bits(unsigned x) {
+#if __CUDA_ARCH__ >= 800
+  return __reduce_max_sync(0xffffffffu, x);
+#else
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  for (int o = 16; o > 0; o >>= 1) x = max(x, __shfl_xor_sync(0xffffffffu, x, o));
   return x;
+#endif
 }
 
 // 256 threads, 4 quantization blocks of 256 elements per iteration: thread t works on block
@@ -84,7 +88,7 @@ __global__ void __launch_bounds__(kThreads) adamw8_kernel(float* __restrict__ p,
                                                           long long n, AdamWCoefs c, float scale, const float* norm_sq,
                                                           float max_norm) {
   __shared__ float smap[256], umap[256], smid[256], umid[256];
-  __shared__ float wmax_m[kThreads / 32], wmax_v[kThreads / 32];
+  __shared__ unsigned wmax_m[kThreads / 32], wmax_v[kThreads / 32];
   smap[threadIdx.x] = qmap[threadIdx.x];
   umap[threadIdx.x] = qmap[256 + threadIdx.x];
   smid[threadIdx.x] = qmap[512 + threadIdx.x];
@@ -123,25 +127,27 @@ __global__ void __launch_bounds__(kThreads) adamw8_kernel(float* __restrict__ p,
         ve[j] = live[j] ? umap[cv[base + j]] : 0.f;
       }
     }
-    float lm = 0.f, lv = 0.f;
+    // New absmax per state as the CPU takes it: an integer max of the bit patterns (|m| and v are
+    // >= 0, so they order like the floats, and a NaN wins, as it does there; fmaxf would drop it).
+    unsigned lm = 0u, lv = 0u;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       if (!live[j]) continue;
       me[j] = optim_mul(me[j], old_am);
       ve[j] = optim_mul(ve[j], old_av);
       adamw_update(pe[j], optim_mul(ge[j], coef), me[j], ve[j], c);
-      lm = fmaxf(lm, fabsf(me[j]));
-      lv = fmaxf(lv, ve[j]);
+      lm = max(lm, __float_as_uint(me[j]) & 0x7fffffffu);
+      lv = max(lv, __float_as_uint(ve[j]));
     }
-    lm = warp_max(lm);
-    lv = warp_max(lv);
+    lm = warp_max_bits(lm);
+    lv = warp_max_bits(lv);
     if ((threadIdx.x & 31) == 0) {
       wmax_m[warp] = lm;
       wmax_v[warp] = lv;
     }
     __syncthreads();
-    const float new_am = fmaxf(wmax_m[2 * q], wmax_m[2 * q + 1]);
-    const float new_av = fmaxf(wmax_v[2 * q], wmax_v[2 * q + 1]);
+    const float new_am = __uint_as_float(max(wmax_m[2 * q], wmax_m[2 * q + 1]));
+    const float new_av = __uint_as_float(max(wmax_v[2 * q], wmax_v[2 * q + 1]));
     __syncthreads();  // wmax_* is rewritten by the next iteration
     if (live_block && (threadIdx.x & 63) == 0) {
       am[blk] = new_am;
@@ -320,6 +326,7 @@ class ManagedContext final : public Context {
     cudaSetDevice(device().index);
     cudaStreamSynchronize(static_cast<cudaStream_t>(dev_->stream()));  // no queued op still uses it
     cudaFree(ptr);
+    (void)cudaGetLastError();  // as in the device context's free: nothing left for a later launch check
     memory_on_free(device(), bytes);
   }
   void copy_from_host(void* dst, const void* src, size_t bytes) override { dev_->copy_from_host(dst, src, bytes); }
