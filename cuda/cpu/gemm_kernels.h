@@ -34,6 +34,34 @@ extern const Kernel kKernelScalarF32;   // 4 x 16, plain C++, F32 panels
 // values, src row r at (char*)src + r * lds, into dst row c at (char*)dst + c * ldd (strides in
 // bytes, any alignment).
 void transpose16x16_u32_avx512(const void* src, int64_t lds, void* dst, int64_t ldd);
+// The same transpose in registers: r[c] becomes column c of the 16 x 16 matrix of 32-bit units
+// whose row i is r[i].
+__attribute__((target("avx512f"))) inline void transpose16_u32_regs(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  // r[4q + s] now holds, in each 128-bit lane L, column (4L + s) of rows 4q..4q+3.
+  for (int s = 0; s < 4; ++s) {
+    t[s] = _mm512_shuffle_i32x4(r[s], r[4 + s], 0x88);      // lanes 0,2 of rows 0-3 / 4-7
+    t[4 + s] = _mm512_shuffle_i32x4(r[s], r[4 + s], 0xdd);  // lanes 1,3
+    t[8 + s] = _mm512_shuffle_i32x4(r[8 + s], r[12 + s], 0x88);
+    t[12 + s] = _mm512_shuffle_i32x4(r[8 + s], r[12 + s], 0xdd);
+  }
+  for (int s = 0; s < 4; ++s) {
+    r[s] = _mm512_shuffle_i32x4(t[s], t[8 + s], 0x88);            // column s
+    r[4 + s] = _mm512_shuffle_i32x4(t[4 + s], t[12 + s], 0x88);   // column 4 + s
+    r[8 + s] = _mm512_shuffle_i32x4(t[s], t[8 + s], 0xdd);        // column 8 + s
+    r[12 + s] = _mm512_shuffle_i32x4(t[4 + s], t[12 + s], 0xdd);  // column 12 + s
+  }
+}
 // Interleaves two bf16 rows: dst[2j] = r0[j], dst[2j + 1] = r1[j], j < 32.
 void interleave32_u16_avx512(const uint16_t* r0, const uint16_t* r1, uint16_t* dst);
 // dst[j] = f32_to_bf16(src[j]), j < n (any n): round to nearest even, NaN kept quiet.

@@ -99,33 +99,11 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void ukr_bf16_6x
 
 __attribute__((target("avx512f"))) void transpose16x16_u32_avx512(const void* src, int64_t lds, void* dst,
                                                                   int64_t ldd) {
-  __m512i r[16], t[16];
+  __m512i r[16];
   const char* s = static_cast<const char*>(src);
   char* d = static_cast<char*>(dst);
   for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(s + i * lds);
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-  }
-  // r[4q + s] now holds, in each 128-bit lane L, column (4L + s) of rows 4q..4q+3.
-  for (int s = 0; s < 4; ++s) {
-    t[s] = _mm512_shuffle_i32x4(r[s], r[4 + s], 0x88);       // lanes 0,2 of rows 0-3 / 4-7
-    t[4 + s] = _mm512_shuffle_i32x4(r[s], r[4 + s], 0xdd);   // lanes 1,3
-    t[8 + s] = _mm512_shuffle_i32x4(r[8 + s], r[12 + s], 0x88);
-    t[12 + s] = _mm512_shuffle_i32x4(r[8 + s], r[12 + s], 0xdd);
-  }
-  for (int s = 0; s < 4; ++s) {
-    r[s] = _mm512_shuffle_i32x4(t[s], t[8 + s], 0x88);            // column s
-    r[4 + s] = _mm512_shuffle_i32x4(t[4 + s], t[12 + s], 0x88);   // column 4 + s
-    r[8 + s] = _mm512_shuffle_i32x4(t[s], t[8 + s], 0xdd);        // column 8 + s
-    r[12 + s] = _mm512_shuffle_i32x4(t[4 + s], t[12 + s], 0xdd);  // column 12 + s
-  }
+  transpose16_u32_regs(r);
   for (int i = 0; i < 16; ++i) _mm512_storeu_si512(d + i * ldd, r[i]);
 }
 

@@ -71,37 +71,6 @@ QN_NF4P void decode_pairs_transposed(const Nf4Weight& w, int64_t k0, int64_t k1,
   }
 }
 
-namespace {
-
-// r[c] = column c of the 16 x 16 matrix of 32-bit units whose row i is r[i] (in place).
-QN_NF4P inline void transpose16(__m512i r[16]) {
-  __m512i t[16];
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-  }
-  for (int s = 0; s < 4; ++s) {
-    t[s] = _mm512_shuffle_i32x4(r[s], r[4 + s], 0x88);
-    t[4 + s] = _mm512_shuffle_i32x4(r[s], r[4 + s], 0xdd);
-    t[8 + s] = _mm512_shuffle_i32x4(r[8 + s], r[12 + s], 0x88);
-    t[12 + s] = _mm512_shuffle_i32x4(r[8 + s], r[12 + s], 0xdd);
-  }
-  for (int s = 0; s < 4; ++s) {
-    r[s] = _mm512_shuffle_i32x4(t[s], t[8 + s], 0x88);
-    r[4 + s] = _mm512_shuffle_i32x4(t[4 + s], t[12 + s], 0x88);
-    r[8 + s] = _mm512_shuffle_i32x4(t[s], t[8 + s], 0xdd);
-    r[12 + s] = _mm512_shuffle_i32x4(t[4 + s], t[12 + s], 0xdd);
-  }
-}
-
-}  // namespace
-
 bool can_decode_rows(const Nf4Weight& w, int64_t k0, int64_t k1, int64_t n) {
   static const bool isa = cpu_features().avx512f && cpu_features().avx512bw && cpu_features().avx512vl;
   return isa && n == kPanelCols && w.cols % 32 == 0 && k0 % 32 == 0 && k1 % 32 == 0 && k1 > k0 && w.blocksize >= 32;
@@ -115,7 +84,7 @@ QN_NF4P void decode_rows_transposed(const Nf4Weight& w, int64_t r0, int64_t k0, 
     for (int64_t k = k0; k < k1; k += 32) {
       __m512i r[16];
       for (int i = 0; i < 16; ++i) r[i] = decode32(v, (r0 + i0 + i) * w.cols + k, tab[i]);
-      transpose16(r);
+      gemm_impl::transpose16_u32_regs(r);
       // unit u of the 16 (k pair k/2 + u) goes to panel unit row (k - k0) / 2 + u, columns i0..i0+15
       uint16_t* d = dst + ((k - k0) / 2) * 2 * R + 2 * i0;
       for (int u = 0; u < 16; ++u) _mm512_storeu_si512(d + u * 2 * R, r[u]);
