@@ -372,39 +372,45 @@ QN_TEST(nf4_cpu_simd_paths_agree) {
   }
 }
 
+// Calls fn(bs, dq, w) for a [rows, cols] gaussian weight quantized with blocksizes 32, 64, 256,
+// plain and double-quantized scales (the panel decoder tests).
+template <typename F>
+void for_each_panel_test_weight(int64_t rows, int64_t cols, uint64_t seed, const F& fn) {
+  auto ctx = cpu_ctx();
+  for (int bs : {32, 64, 256})
+    for (bool dq : {false, true})
+      fn(bs, dq, nf4_quantize_weight(from_floats(ctx, DType::F32, {rows, cols}, gaussian(rows * cols, seed + bs, 0.05f)), bs,
+                                     dq, "w"));
+}
+
 // The GEMM's fused decoder (cpu/nf4_panels.h) against the definition: the bf16 dequantized tile,
 // interleaved in pairs of W rows. Bit for bit, with plain and double-quantized scales, blocksizes
 // 32..256, odd and even row counts, and nothing written past the pairs.
 QN_TEST(nf4_panel_decoder_matches_dequantize) {
   if (testing_cuda()) return;  // a CPU GEMM helper
-  auto ctx = cpu_ctx();
   int checked = 0;
-  for (int bs : {32, 64, 256})
-    for (bool dq : {false, true}) {
-      const int64_t rows = 45, cols = 192;
-      Nf4Weight w = nf4_quantize_weight(from_floats(ctx, DType::F32, {rows, cols}, gaussian(rows * cols, 77 + bs, 0.05f)),
-                                        bs, dq, "w");
-      for (int64_t c0 : {0, 64, 96, 128}) {
-        if (!cpu::nf4_panels::can_decode_transposed(w, c0, 64)) continue;  // (no AVX-512 here)
-        for (auto kr : {std::pair<int64_t, int64_t>{0, 45}, {3, 17}, {10, 11}, {44, 45}, {0, 32}}) {
-          const int64_t k0 = kr.first, k1 = kr.second, pairs = (k1 - k0 + 1) / 2, R = 64;
-          std::vector<uint16_t> got(static_cast<size_t>((pairs + 1) * 2 * R), 0xABCD);
-          cpu::nf4_panels::decode_pairs_transposed(w, k0, k1, c0, static_cast<int>(R), got.data());
-          std::vector<uint16_t> tile(static_cast<size_t>((k1 - k0) * 64));
-          cpu::nf4_dequantize_tile(w, k0, k1, c0, c0 + 64, DType::BF16, tile.data(), 64);
-          std::vector<uint16_t> want(got.size(), 0xABCD);
-          for (int64_t j = 0; j < 2 * pairs; ++j)
-            for (int64_t i = 0; i < 64; ++i)
-              want[static_cast<size_t>((j / 2) * 2 * R + 2 * i + (j & 1))] =
-                  j < k1 - k0 ? tile[static_cast<size_t>(j * 64 + i)] : uint16_t(0);
-          char what[120];
-          std::snprintf(what, sizeof what, "panel decode bs %d dq %d c0 %lld k [%lld, %lld)", bs, dq, (long long)c0,
-                        (long long)k0, (long long)k1);
-          if (got != want) record_failure(what, "panel differs from the dequantized tile");
-          ++checked;
-        }
+  for_each_panel_test_weight(45, 192, 77, [&](int bs, bool dq, const Nf4Weight& w) {
+    for (int64_t c0 : {0, 64, 96, 128}) {
+      if (!cpu::nf4_panels::can_decode_transposed(w, c0, 64)) continue;  // (no AVX-512 here)
+      for (auto kr : {std::pair<int64_t, int64_t>{0, 45}, {3, 17}, {10, 11}, {44, 45}, {0, 32}}) {
+        const int64_t k0 = kr.first, k1 = kr.second, pairs = (k1 - k0 + 1) / 2, R = 64;
+        std::vector<uint16_t> got(static_cast<size_t>((pairs + 1) * 2 * R), 0xABCD);
+        cpu::nf4_panels::decode_pairs_transposed(w, k0, k1, c0, static_cast<int>(R), got.data());
+        std::vector<uint16_t> tile(static_cast<size_t>((k1 - k0) * 64));
+        cpu::nf4_dequantize_tile(w, k0, k1, c0, c0 + 64, DType::BF16, tile.data(), 64);
+        std::vector<uint16_t> want(got.size(), 0xABCD);
+        for (int64_t j = 0; j < 2 * pairs; ++j)
+          for (int64_t i = 0; i < 64; ++i)
+            want[static_cast<size_t>((j / 2) * 2 * R + 2 * i + (j & 1))] =
+                j < k1 - k0 ? tile[static_cast<size_t>(j * 64 + i)] : uint16_t(0);
+        char what[120];
+        std::snprintf(what, sizeof what, "panel decode bs %d dq %d c0 %lld k [%lld, %lld)", bs, dq, (long long)c0,
+                      (long long)k0, (long long)k1);
+        if (got != want) record_failure(what, "panel differs from the dequantized tile");
+        ++checked;
       }
     }
+  });
   if (cpu_features().avx512f && cpu_features().avx512bw && cpu_features().avx512vl) EXPECT_TRUE(checked == 3 * 2 * 4 * 5);
 }
 
@@ -414,33 +420,28 @@ QN_TEST(nf4_panel_decoder_matches_dequantize) {
 // offsets, and nothing written past the k range.
 QN_TEST(nf4_row_panel_decoder_matches_dequantize) {
   if (testing_cuda()) return;  // a CPU GEMM helper
-  auto ctx = cpu_ctx();
   int checked = 0;
-  for (int bs : {32, 64, 256})
-    for (bool dq : {false, true}) {
-      const int64_t rows = 130, cols = 224;
-      Nf4Weight w = nf4_quantize_weight(from_floats(ctx, DType::F32, {rows, cols}, gaussian(rows * cols, 91 + bs, 0.05f)),
-                                        bs, dq, "w");
-      for (int64_t r0 : {0, 3, 66})
-        for (auto kr : {std::pair<int64_t, int64_t>{0, 224}, {32, 64}, {96, 192}, {160, 224}}) {
-          const int64_t k0 = kr.first, k1 = kr.second, R = 64;
-          if (!cpu::nf4_panels::can_decode_rows(w, k0, k1, 64)) continue;  // (no AVX-512 here)
-          const int64_t lead = 2;  // panel units before k0 (the decoder writes from its dst on)
-          std::vector<uint16_t> got(static_cast<size_t>((lead + (k1 - k0) / 2 + 1) * 2 * R), 0xABCD);
-          cpu::nf4_panels::decode_rows_transposed(w, r0, k0, k1, static_cast<int>(R), got.data() + lead * 2 * R);
-          std::vector<uint16_t> tile(static_cast<size_t>(64 * (k1 - k0)));
-          cpu::nf4_dequantize_tile(w, r0, r0 + 64, k0, k1, DType::BF16, tile.data(), k1 - k0);
-          std::vector<uint16_t> want(got.size(), 0xABCD);
-          for (int64_t j = 0; j < k1 - k0; ++j)
-            for (int64_t i = 0; i < 64; ++i)
-              want[static_cast<size_t>((lead + j / 2) * 2 * R + 2 * i + (j & 1))] = tile[static_cast<size_t>(i * (k1 - k0) + j)];
-          char what[120];
-          std::snprintf(what, sizeof what, "row panel decode bs %d dq %d r0 %lld k [%lld, %lld)", bs, dq, (long long)r0,
-                        (long long)k0, (long long)k1);
-          if (got != want) record_failure(what, "panel differs from the dequantized tile");
-          ++checked;
-        }
-    }
+  for_each_panel_test_weight(130, 224, 91, [&](int bs, bool dq, const Nf4Weight& w) {
+    for (int64_t r0 : {0, 3, 66})
+      for (auto kr : {std::pair<int64_t, int64_t>{0, 224}, {32, 64}, {96, 192}, {160, 224}}) {
+        const int64_t k0 = kr.first, k1 = kr.second, R = 64;
+        if (!cpu::nf4_panels::can_decode_rows(w, k0, k1, 64)) continue;  // (no AVX-512 here)
+        const int64_t lead = 2;  // panel units before k0 (the decoder writes from its dst on)
+        std::vector<uint16_t> got(static_cast<size_t>((lead + (k1 - k0) / 2 + 1) * 2 * R), 0xABCD);
+        cpu::nf4_panels::decode_rows_transposed(w, r0, k0, k1, static_cast<int>(R), got.data() + lead * 2 * R);
+        std::vector<uint16_t> tile(static_cast<size_t>(64 * (k1 - k0)));
+        cpu::nf4_dequantize_tile(w, r0, r0 + 64, k0, k1, DType::BF16, tile.data(), k1 - k0);
+        std::vector<uint16_t> want(got.size(), 0xABCD);
+        for (int64_t j = 0; j < k1 - k0; ++j)
+          for (int64_t i = 0; i < 64; ++i)
+            want[static_cast<size_t>((lead + j / 2) * 2 * R + 2 * i + (j & 1))] = tile[static_cast<size_t>(i * (k1 - k0) + j)];
+        char what[120];
+        std::snprintf(what, sizeof what, "row panel decode bs %d dq %d r0 %lld k [%lld, %lld)", bs, dq, (long long)r0,
+                      (long long)k0, (long long)k1);
+        if (got != want) record_failure(what, "panel differs from the dequantized tile");
+        ++checked;
+      }
+  });
   if (cpu_features().avx512f && cpu_features().avx512bw && cpu_features().avx512vl) EXPECT_TRUE(checked == 3 * 2 * 3 * 4);
 }
 
