@@ -383,6 +383,16 @@ void for_each_panel_test_weight(int64_t rows, int64_t cols, uint64_t seed, const
                                      dq, "w"));
 }
 
+// Records a failure naming the case when a decoded panel differs from the expected one; counts it.
+void expect_same_panel(const std::vector<uint16_t>& got, const std::vector<uint16_t>& want, const char* kind, int bs,
+                       bool dq, const char* offset_name, int64_t offset, int64_t k0, int64_t k1, int& checked) {
+  char what[120];
+  std::snprintf(what, sizeof what, "%s bs %d dq %d %s %lld k [%lld, %lld)", kind, bs, dq, offset_name, (long long)offset,
+                (long long)k0, (long long)k1);
+  if (got != want) record_failure(what, "panel differs from the dequantized tile");
+  ++checked;
+}
+
 // The GEMM's fused decoder (cpu/nf4_panels.h) against the definition: the bf16 dequantized tile,
 // interleaved in pairs of W rows. Bit for bit, with plain and double-quantized scales, blocksizes
 // 32..256, odd and even row counts, and nothing written past the pairs.
@@ -403,11 +413,7 @@ QN_TEST(nf4_panel_decoder_matches_dequantize) {
           for (int64_t i = 0; i < 64; ++i)
             want[static_cast<size_t>((j / 2) * 2 * R + 2 * i + (j & 1))] =
                 j < k1 - k0 ? tile[static_cast<size_t>(j * 64 + i)] : uint16_t(0);
-        char what[120];
-        std::snprintf(what, sizeof what, "panel decode bs %d dq %d c0 %lld k [%lld, %lld)", bs, dq, (long long)c0,
-                      (long long)k0, (long long)k1);
-        if (got != want) record_failure(what, "panel differs from the dequantized tile");
-        ++checked;
+        expect_same_panel(got, want, "panel decode", bs, dq, "c0", c0, k0, k1, checked);
       }
     }
   });
@@ -435,11 +441,7 @@ QN_TEST(nf4_row_panel_decoder_matches_dequantize) {
         for (int64_t j = 0; j < k1 - k0; ++j)
           for (int64_t i = 0; i < 64; ++i)
             want[static_cast<size_t>((lead + j / 2) * 2 * R + 2 * i + (j & 1))] = tile[static_cast<size_t>(i * (k1 - k0) + j)];
-        char what[120];
-        std::snprintf(what, sizeof what, "row panel decode bs %d dq %d r0 %lld k [%lld, %lld)", bs, dq, (long long)r0,
-                      (long long)k0, (long long)k1);
-        if (got != want) record_failure(what, "panel differs from the dequantized tile");
-        ++checked;
+        expect_same_panel(got, want, "row panel decode", bs, dq, "r0", r0, k0, k1, checked);
       }
   });
   if (cpu_features().avx512f && cpu_features().avx512bw && cpu_features().avx512vl) EXPECT_TRUE(checked == 3 * 2 * 3 * 4);
